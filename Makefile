@@ -1,0 +1,29 @@
+# Everything a user or CI runs. The virtual environment lives at .venv, or at
+# $(DITOD_VENV) when set (CI reuses one between runs).
+VENV := $(if $(DITOD_VENV),$(DITOD_VENV),.venv)
+PYTHON := $(VENV)/bin/python
+export DITOD_VENV := $(abspath $(VENV))
+
+.PHONY: setup test test-fast demo bench bench-text clean
+
+setup:
+	@bash tools/setup_env.sh
+
+test: setup
+	$(PYTHON) -m pytest -q tests
+
+# Skips the slower end-to-end tests (CI runs them).
+test-fast: setup
+	$(PYTHON) -m pytest -q -m "not slow" tests
+
+demo: setup
+	$(PYTHON) tools/demo.py
+
+bench: setup
+	$(PYTHON) tools/bench.py
+
+bench-text: setup
+	$(PYTHON) tools/bench_text.py
+
+clean:
+	rm -rf output demo_output .pytest_cache

@@ -1,0 +1,103 @@
+"""The config keys that ditod adds to detectron2's defaults."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_vit_config"]
+
+
+def add_vit_config(cfg):
+    """Add every ditod key, with its default, to a detectron2 config (in place)."""
+    _C = cfg
+
+    # ------------------------------------------------------------------ backbone
+    _C.MODEL.VIT = CN()
+    # Size preset when no PRETRAINED checkpoint is given: "layoutlmv3_base",
+    # "layoutlmv3_large", or "layoutlmv3_custom" to use the size keys below.
+    _C.MODEL.VIT.NAME = "layoutlmv3_base"
+    # Hugging Face hub id (microsoft/layoutlmv3-base, microsoft/layoutlmv3-base-chinese)
+    # or a local directory saved with save_pretrained. Empty: build from the size keys,
+    # randomly initialised (tests, the synthetic demo).
+    _C.MODEL.VIT.PRETRAINED = ""
+    # Tokenizer (hub id or directory) for the OCR words; empty means PRETRAINED.
+    _C.MODEL.VIT.TOKENIZER = ""
+    # Size keys, used with NAME "layoutlmv3_custom". HIDDEN_SIZE must be divisible by 6
+    # (LayoutLMv3 splits it into x/y/x/y/h/w layout embeddings) and by NUM_HEADS.
+    _C.MODEL.VIT.HIDDEN_SIZE = 768
+    _C.MODEL.VIT.NUM_LAYERS = 12
+    _C.MODEL.VIT.NUM_HEADS = 12
+    _C.MODEL.VIT.INTERMEDIATE_SIZE = 3072
+    # Vocabulary of a model built from size keys; replaced by the tokenizer's size
+    # when a tokenizer is configured.
+    _C.MODEL.VIT.VOCAB_SIZE = 50265
+    # Text positions of a model built from size keys (RoBERTa convention: tokens + 2 + 2).
+    _C.MODEL.VIT.MAX_POSITION_EMBEDDINGS = 514
+    _C.MODEL.VIT.PATCH_SIZE = 16
+    # Pre-training image size: the grid of the stored patch position embeddings,
+    # which are interpolated (bicubic) to each batch's grid at run time.
+    _C.MODEL.VIT.INPUT_SIZE = 224
+    _C.MODEL.VIT.HIDDEN_DROPOUT = 0.0
+    _C.MODEL.VIT.ATTENTION_DROPOUT = 0.0
+    # Transformer layers tapped for the pyramid (0-based, hidden states after the layer),
+    # in order of strides 4, 8, 16, 32.
+    _C.MODEL.VIT.OUT_FEATURES = ["layer3", "layer5", "layer7", "layer11"]
+    # Norm between the two transposed convolutions of the stride-4 branch
+    # (detectron2 get_norm name; naiveSyncBN also works with GLOO on CPU).
+    _C.MODEL.VIT.PYRAMID_NORM = "naiveSyncBN"
+    # Recompute transformer layers in backward to save activation memory.
+    _C.MODEL.VIT.GRAD_CHECKPOINT = False
+    # "sdpa": torch scaled_dot_product_attention (fused kernels); "eager": explicit softmax.
+    _C.MODEL.VIT.ATTENTION = "sdpa"
+
+    # Run the transformer on page pixels only: no OCR tokens, no text fusion.
+    _C.MODEL.IMAGE_ONLY = False
+
+    # --------------------------------------------------------------- text fusion
+    _C.MODEL.TEXT_FUSION = CN()
+    # Which of MODEL.VIT.OUT_FEATURES receive painted text features.
+    _C.MODEL.TEXT_FUSION.LEVELS = ["layer3", "layer5", "layer7", "layer11"]
+    # "gated": g*visual + (1-g)*text with g = sigmoid(conv3x3([visual; text]));
+    # "add": visual + text; "none": no fusion (text still enters the transformer).
+    _C.MODEL.TEXT_FUSION.MODE = "gated"
+    # How several tokens painted on one cell combine: "mean" or "sum".
+    _C.MODEL.TEXT_FUSION.REDUCE = "mean"
+    # Initial gate bias: sigmoid(3) = 0.95, so training starts close to the
+    # image-only behaviour.
+    _C.MODEL.TEXT_FUSION.GATE_BIAS_INIT = 3.0
+
+    # ----------------------------------------------------------------- OCR input
+    _C.INPUT.OCR = CN()
+    # Token budget per page (never more than the model's text positions allow).
+    _C.INPUT.OCR.MAX_TOKENS = 510
+    # Cap on the tokens of one word/line; 0 = no cap.
+    _C.INPUT.OCR.MAX_TOKENS_PER_WORD = 0
+    # "reading": column-aware reading order before the budget cuts; "ocr": as given.
+    _C.INPUT.OCR.ORDER = "reading"
+    # Drop tokens that the tokenizer maps to its unknown token.
+    _C.INPUT.OCR.DROP_UNK = True
+    # Drop a sentencepiece word-start piece ("▁") that stands alone as a token.
+    _C.INPUT.OCR.DROP_LEADING_SPACE = True
+    # Wrap each page's tokens in the tokenizer's CLS/SEP tokens.
+    _C.INPUT.OCR.ADD_SPECIAL_TOKENS = False
+    # A page without an OCR file: "error" (stop with the path) or "empty" (no tokens,
+    # counted and logged).
+    _C.INPUT.OCR.MISSING = "error"
+
+    # ---------------------------------------------------------------- datasets
+    # Extra COCO datasets registered at start-up: [[name, json, image_root, ocr_root], ...]
+    # (ocr_root may be "" for <image_root>/../ocr).
+    _C.DATASETS.REGISTER = []
+
+    # --------------------------------------------------------------- augmentation
+    _C.AUG = CN()
+    # DETR-style augmentation: with probability 0.5 resize + random crop before the
+    # multi-scale resize.
+    _C.AUG.DETR = False
+
+    # -------------------------------------------------------------------- solver
+    # "AdamW" or "SGD".
+    _C.SOLVER.OPTIMIZER = "AdamW"
+    # Learning-rate multiplier of the transformer (not FPN, fusion or heads).
+    _C.SOLVER.BACKBONE_MULTIPLIER = 1.0
+    # Layer-wise learning-rate decay of the transformer layers; 1.0 = off.
+    _C.SOLVER.LAYER_DECAY = 1.0
+    # Optimizer step every N iterations' gradients; the LR schedule counts optimizer steps.
+    _C.SOLVER.GRADIENT_ACCUMULATION_STEPS = 1

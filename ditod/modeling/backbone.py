@@ -1,0 +1,298 @@
+"""LayoutLMv3 as a detectron2 backbone: page patches and OCR tokens through one
+transformer, four layers tapped into a stride-4/8/16/32 pyramid, text painted
+back onto the pyramid and mixed in, then detectron2's FPN."""
+import logging
+import re
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import LayoutLMv3Config, LayoutLMv3Model
+from transformers.masking_utils import create_bidirectional_mask
+
+from detectron2.layers import ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+from .fusion import build_text_fusion
+
+__all__ = [
+    "LayoutLMv3Backbone",
+    "build_layoutlmv3_config",
+    "build_layoutlmv3_model",
+    "build_vit_fpn_backbone",
+]
+
+logger = logging.getLogger(__name__)
+
+# (hidden size, layers, heads, intermediate size) of the released checkpoints.
+SIZE_PRESETS = {
+    "layoutlmv3_base": (768, 12, 12, 3072),
+    "layoutlmv3_large": (1024, 24, 16, 4096),
+}
+PYRAMID_STRIDES = (4, 8, 16, 32)
+
+
+def _layer_index(name):
+    match = re.fullmatch(r"layer(\d+)", name)
+    if match is None:
+        raise ValueError(f"MODEL.VIT.OUT_FEATURES entries must look like 'layer7', got {name!r}")
+    return int(match.group(1))
+
+
+def build_layoutlmv3_config(cfg, tokenizer=None):
+    """
+    The `LayoutLMv3Config` described by `cfg`: read from MODEL.VIT.PRETRAINED when set,
+    otherwise from the size keys; relative 1D/2D attention biases off.
+    """
+    vit = cfg.MODEL.VIT
+    if vit.PRETRAINED:
+        config = LayoutLMv3Config.from_pretrained(vit.PRETRAINED)
+    else:
+        if vit.NAME == "layoutlmv3_custom":
+            hidden, layers, heads, intermediate = (
+                vit.HIDDEN_SIZE, vit.NUM_LAYERS, vit.NUM_HEADS, vit.INTERMEDIATE_SIZE
+            )
+        elif vit.NAME in SIZE_PRESETS:
+            hidden, layers, heads, intermediate = SIZE_PRESETS[vit.NAME]
+        else:
+            raise ValueError(
+                f"MODEL.VIT.NAME must be one of {sorted(SIZE_PRESETS) + ['layoutlmv3_custom']}, "
+                f"got {vit.NAME!r}"
+            )
+        if hidden % 6 or hidden % heads:
+            raise ValueError(
+                f"MODEL.VIT.HIDDEN_SIZE {hidden} must be divisible by 6 (layout embeddings) "
+                f"and by MODEL.VIT.NUM_HEADS {heads}"
+            )
+        config = LayoutLMv3Config(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            coordinate_size=hidden // 6,
+            shape_size=hidden // 6,
+            vocab_size=len(tokenizer) if tokenizer is not None else vit.VOCAB_SIZE,
+            max_position_embeddings=vit.MAX_POSITION_EMBEDDINGS,
+            patch_size=vit.PATCH_SIZE,
+            input_size=vit.INPUT_SIZE,
+            hidden_dropout_prob=vit.HIDDEN_DROPOUT,
+            attention_probs_dropout_prob=vit.ATTENTION_DROPOUT,
+        )
+        if tokenizer is not None and tokenizer.pad_token_id is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+    # Relative position biases are (B, heads, N, N) tensors: they do not scale to the
+    # thousands of tokens of a detection-size page.
+    config.has_relative_attention_bias = False
+    config.has_spatial_attention_bias = False
+    config.visual_embed = True
+    config.text_embed = not cfg.MODEL.IMAGE_ONLY
+    return config
+
+
+def _check_tokenizer(config, tokenizer, source):
+    if tokenizer is None:
+        return
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model {source} has a vocabulary "
+            f"of {config.vocab_size}: its ids would not fit. Set MODEL.VIT.TOKENIZER to the "
+            "tokenizer the checkpoint was trained with."
+        )
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != config.pad_token_id:
+        raise ValueError(
+            f"The tokenizer pads with id {tokenizer.pad_token_id} but the model {source} "
+            f"expects {config.pad_token_id}."
+        )
+
+
+def build_layoutlmv3_model(cfg, tokenizer=None):
+    """A `LayoutLMv3Model` as `cfg` describes it, with pretrained weights when
+    MODEL.VIT.PRETRAINED is set (`from_pretrained` semantics)."""
+    config = build_layoutlmv3_config(cfg, tokenizer)
+    attention = cfg.MODEL.VIT.ATTENTION
+    if attention not in ("sdpa", "eager"):
+        raise ValueError(f"MODEL.VIT.ATTENTION must be 'sdpa' or 'eager', got {attention!r}")
+    pretrained = cfg.MODEL.VIT.PRETRAINED
+    if pretrained:
+        _check_tokenizer(config, tokenizer, pretrained)
+        logger.info(f"Loading LayoutLMv3 weights from {pretrained}")
+        model = LayoutLMv3Model.from_pretrained(pretrained, config=config, attn_implementation=attention)
+    else:
+        model = LayoutLMv3Model._from_config(config, attn_implementation=attention)
+    return model
+
+
+class LayoutLMv3Backbone(Backbone):
+    """
+    Bottom-up backbone: a `transformers.LayoutLMv3Model` (attribute `layoutlmv3`) reads
+    the patches of the page and, unless image-only, the page's OCR tokens. The hidden
+    states after the tapped layers become strides 4/8/16/32 (two transposed convs with
+    norm and GELU / one transposed conv / identity / max-pool); on the fused levels the
+    text tokens' hidden states of the same layer are painted where the words sit and
+    mixed in by `TextFusion`.
+
+    forward takes one dict:
+        images: (B, 3, H, W) normalized, padded to a multiple of 32.
+        input_ids: (B, T) token ids (optional).
+        bbox: (B, T, 4) integer boxes 0..1000 of each image's own size.
+        attention_mask: (B, T), 0 for padding tokens.
+        token_boxes: (B, T, 4) float boxes in pixels of the padded image.
+    and returns {out_feature_name: (B, C, H/stride, W/stride)}.
+    """
+
+    def __init__(self, model, out_features, pyramid_norm="naiveSyncBN", text_fusion=None, grad_checkpoint=False):
+        super().__init__()
+        taps = [_layer_index(name) for name in out_features]
+        if len(taps) != len(PYRAMID_STRIDES) or taps != sorted(set(taps)):
+            raise ValueError(f"MODEL.VIT.OUT_FEATURES must name 4 increasing layers, got {out_features}")
+        num_layers = model.config.num_hidden_layers
+        if taps[-1] >= num_layers:
+            raise ValueError(f"MODEL.VIT.OUT_FEATURES {out_features}: the model has only {num_layers} layers")
+        if taps[-1] + 1 < num_layers:
+            # Layers after the last tap would be parameters without gradients (which DDP rejects).
+            logger.info(f"Keeping the first {taps[-1] + 1} of {num_layers} transformer layers")
+            model.encoder.layer = model.encoder.layer[: taps[-1] + 1]
+            model.config.num_hidden_layers = taps[-1] + 1
+        self.layoutlmv3 = model
+        self._taps = dict(zip(taps, out_features))
+        self._out_features = list(out_features)
+        channels = model.config.hidden_size
+        self._out_feature_strides = dict(zip(out_features, PYRAMID_STRIDES))
+        self._out_feature_channels = {name: channels for name in out_features}
+
+        self.fpn1 = nn.Sequential(
+            nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
+            get_norm(pyramid_norm, channels),
+            nn.GELU(),
+            nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
+        )
+        self.fpn2 = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+        self.fpn3 = nn.Identity()
+        self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.text_fusion = text_fusion if text_fusion is not None else nn.ModuleDict()
+        if grad_checkpoint:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._pos_cache = {}
+
+    @property
+    def uses_text(self):
+        return bool(self.layoutlmv3.config.text_embed)
+
+    @property
+    def pad_token_id(self):
+        return self.layoutlmv3.config.pad_token_id
+
+    @property
+    def max_text_tokens(self):
+        """Most text tokens one page can carry: position ids start after the padding id."""
+        config = self.layoutlmv3.config
+        return config.max_position_embeddings - config.pad_token_id - 1
+
+    def patch_position_embeddings(self, grid):
+        """The patch position embeddings resized (bicubic) to `grid`, as (1, C, Hp, Wp).
+
+        Without autograd (inference) the result is cached per grid size and weight
+        version; with autograd it is recomputed so that gradients reach `pos_embed`.
+        """
+        pos_embed = self.layoutlmv3.pos_embed
+        stored = self.layoutlmv3.patch_embed.patch_shape
+        key = (tuple(grid), pos_embed.device, pos_embed.dtype, pos_embed._version)
+        cacheable = not (torch.is_grad_enabled() and pos_embed.requires_grad)
+        if cacheable and key in self._pos_cache:
+            return self._pos_cache[key]
+        pos = pos_embed[:, 1:].reshape(1, stored[0], stored[1], -1).permute(0, 3, 1, 2)
+        if tuple(grid) != tuple(stored):
+            pos = F.interpolate(pos, size=tuple(grid), mode="bicubic", align_corners=False)
+        if cacheable:
+            self._pos_cache = {key: pos}
+        return pos
+
+    def embed_image(self, images):
+        """Patch embeddings with [CLS] in front, as LayoutLMv3Model.forward_image does,
+        but with position embeddings resized to this batch's patch grid."""
+        model = self.layoutlmv3
+        patches = model.patch_embed.proj(images)
+        grid = patches.shape[-2:]
+        patches = patches + self.patch_position_embeddings(grid)
+        patches = patches.flatten(2).transpose(1, 2)
+        cls = (model.cls_token + model.pos_embed[:, :1]).expand(patches.shape[0], -1, -1)
+        embeddings = model.norm(model.pos_drop(torch.cat([cls, patches], dim=1)))
+        return embeddings, grid
+
+    def _no_text(self, batch, device):
+        """Empty text inputs: the transformer then sees the image alone."""
+        return {
+            "input_ids": torch.empty(batch, 0, dtype=torch.long, device=device),
+            "bbox": torch.empty(batch, 0, 4, dtype=torch.long, device=device),
+            "attention_mask": torch.empty(batch, 0, dtype=torch.long, device=device),
+            "token_boxes": torch.empty(batch, 0, 4, device=device),
+        }
+
+    def forward(self, x):
+        images = x["images"]
+        model = self.layoutlmv3
+        visual, grid = self.embed_image(images)
+        batch = images.shape[0]
+        num_text = 0
+        ones = torch.ones(batch, visual.shape[1], dtype=torch.long, device=images.device)
+        if self.uses_text:
+            text_inputs = x if x.get("input_ids") is not None else self._no_text(batch, images.device)
+            num_text = text_inputs["input_ids"].shape[1]
+            text = model.embeddings(input_ids=text_inputs["input_ids"], bbox=text_inputs["bbox"])
+            hidden = torch.cat([text, visual], dim=1)
+            mask = torch.cat([text_inputs["attention_mask"].long(), ones], dim=1)
+        else:
+            hidden, mask = visual, ones
+        hidden = model.dropout(model.LayerNorm(hidden))
+        attention = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
+
+        builders = (self.fpn1, self.fpn2, self.fpn3, self.fpn4)
+        outputs = {}
+        for index, layer in enumerate(model.encoder.layer):
+            hidden = layer(hidden, attention)
+            name = self._taps.get(index)
+            if name is None:
+                continue
+            # Visual tokens are the last Hp*Wp positions (after the text and [CLS]).
+            feature = hidden[:, num_text + 1 :].transpose(1, 2).reshape(batch, -1, *grid)
+            feature = builders[len(outputs)](feature)
+            if name in self.text_fusion:
+                # Applied even without tokens (text map 0), so a page's features do not
+                # depend on whether its batch-mates have text.
+                feature = self.text_fusion[name](
+                    feature, hidden[:, :num_text], text_inputs["token_boxes"], text_inputs["attention_mask"]
+                )
+            outputs[name] = feature
+        return outputs
+
+    def output_shape(self):
+        return {
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            for name in self._out_features
+        }
+
+
+@BACKBONE_REGISTRY.register()
+def build_vit_fpn_backbone(cfg, input_shape):
+    """detectron2's FPN (p2..p6, LastLevelMaxPool) over `LayoutLMv3Backbone`."""
+    from ..data.tokens import get_tokenizer
+
+    tokenizer = None if cfg.MODEL.IMAGE_ONLY else get_tokenizer(cfg)
+    model = build_layoutlmv3_model(cfg, tokenizer)
+    strides = dict(zip(cfg.MODEL.VIT.OUT_FEATURES, PYRAMID_STRIDES))
+    bottom_up = LayoutLMv3Backbone(
+        model,
+        cfg.MODEL.VIT.OUT_FEATURES,
+        pyramid_norm=cfg.MODEL.VIT.PYRAMID_NORM,
+        text_fusion=build_text_fusion(cfg, model.config.hidden_size, strides),
+        grad_checkpoint=cfg.MODEL.VIT.GRAD_CHECKPOINT,
+    )
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )

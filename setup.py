@@ -1,0 +1,47 @@
+"""ditod: multimodal (image + OCR text) document layout detection for Detectron2.
+
+detectron2 itself is not on PyPI and is therefore not listed here;
+`make setup` (tools/setup_env.sh) installs it next to this package.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="ditod",
+    version="0.1.0",
+    description="LayoutLMv3 ViT-FPN backbone with OCR text fusion for Detectron2 layout detection",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["ditod", "ditod.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "transformers>=5.0,<6",
+        "tokenizers",
+        "sentencepiece",
+        "timm",
+        "fvcore",
+        "iopath",
+        "yacs",
+        "termcolor",
+        "tabulate",
+        "cloudpickle",
+        "tqdm",
+        "tensorboard",
+        "omegaconf",
+        "hydra-core",
+        "pycocotools",
+        "matplotlib",
+        "Pillow",
+        "numpy",
+        "opencv-python-headless",
+        "setuptools<81",  # detectron2 imports pkg_resources
+        "rapidocr>=3",
+        "onnxruntime",
+        "pymupdf",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-timeout"],
+        "paddle": ["paddleocr"],
+    },
+)
