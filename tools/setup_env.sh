@@ -26,12 +26,17 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating virtual environment at $venv"
   "$python" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install -q --upgrade "pip>=24" wheel
+# This machine's pip configuration names local package folders that may not exist;
+# pip warns about each for every package. Drop those lines, keep everything else.
+pip_install() {
+  "$venv/bin/python" -m pip --disable-pip-version-check install -q "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+pip_install --upgrade "pip>=24" wheel
 
 # torch/torchvision first, pinned: these releases are served from local disk here.
 log "installing torch and torchvision"
-"${pip[@]}" install -q torch==2.14.1 torchvision==0.29.1
+pip_install torch==2.14.1 torchvision==0.29.1
 
 # detectron2 is not on PyPI. A user's own build that already imports is kept.
 if "$venv/bin/python" -c "import detectron2" 2>/dev/null; then
@@ -39,12 +44,12 @@ if "$venv/bin/python" -c "import detectron2" 2>/dev/null; then
 else
   log "installing detectron2 (sal-detectron2 0.7.2, pure-Python part)"
   site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-  "${pip[@]}" install -q --no-deps --only-binary=:all: --python-version 3.10 \
+  pip_install --no-deps --only-binary=:all: --python-version 3.10 \
     --implementation cp --platform any --upgrade --target "$site" sal-detectron2==0.7.2
 fi
 
 log "installing ditod and its dependencies"
-"${pip[@]}" install -q -e "$repo[dev]"
+pip_install -e "$repo[dev]"
 
 # A CJK font for Chinese synthetic pages; optional (needs root and apt).
 if ! fc-list 2>/dev/null | grep -qiE "wqy|noto sans cjk|droid sans fallback"; then

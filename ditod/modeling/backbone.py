@@ -1,12 +1,14 @@
 """LayoutLMv3 as a detectron2 backbone: page patches and OCR tokens through one
 transformer, four layers tapped into a stride-4/8/16/32 pyramid, text painted
 back onto the pyramid and mixed in, then detectron2's FPN."""
+import functools
 import logging
 import re
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import LayoutLMv3Config, LayoutLMv3Model
 from transformers.masking_utils import create_bidirectional_mask
 
@@ -163,16 +165,20 @@ class LayoutLMv3Backbone(Backbone):
 
         self.fpn1 = nn.Sequential(
             nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
-            get_norm(pyramid_norm, channels),
+            get_norm(pyramid_norm, channels) or nn.Identity(),
             nn.GELU(),
             nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2),
         )
-        self.fpn2 = nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+        self.fpn2 = nn.Sequential(nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2))
         self.fpn3 = nn.Identity()
         self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.text_fusion = text_fusion if text_fusion is not None else nn.ModuleDict()
         if grad_checkpoint:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # LayoutLMv3Model does not advertise checkpointing, but its layers are
+            # transformers GradientCheckpointingLayers: switching them on is their protocol.
+            for layer in model.encoder.layer:
+                layer.gradient_checkpointing = True
+                layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
         self._pos_cache = {}
 
     @property

@@ -70,13 +70,14 @@ def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
     keep = mask.bool().unsqueeze(-1)
-    # Prefix sums accumulate in float32 whatever the autocast dtype.
-    feats = torch.where(keep, token_feats, 0).float()
+    # Prefix sums accumulate in at least float32, whatever the autocast dtype.
+    feats = torch.where(keep, token_feats, 0)
+    feats = feats.to(torch.promote_types(feats.dtype, torch.float32))
     x0, y0, x1, y1 = token_cell_ranges(token_boxes, grid, stride)
     # The token count rides along as one more channel of the same prefix sum; counts
     # are small integers, exact in float32, so empty cells are found exactly and set
     # to 0 (the float sums there can hold rounding residue).
-    summed = _box_sum(torch.cat([feats, keep.float()], dim=-1), x0, y0, x1, y1, grid)
+    summed = _box_sum(torch.cat([feats, keep.to(feats.dtype)], dim=-1), x0, y0, x1, y1, grid)
     summed, count = summed[..., :-1], summed[..., -1:].round()
     if reduce == "mean":
         summed = summed / count.clamp(min=1)

@@ -1,0 +1,141 @@
+import math
+
+import pytest
+import torch
+
+from ditod.modeling.fusion import TextFusion, paint_tokens
+
+
+def reference_paint(feats, boxes, mask, grid, stride, reduce):
+    """The per-token loop of the definition: each token adds its feature to every
+    cell its box overlaps with positive area (the one containing cell for a
+    zero-size side), clipped to the grid."""
+    batch, _, channels = feats.shape
+    height, width = grid
+    out = torch.zeros(batch, channels, height, width, dtype=feats.dtype)
+    count = torch.zeros(batch, 1, height, width, dtype=feats.dtype)
+
+    def cells(lo, hi, size):
+        first = math.floor(lo / stride)
+        last = first if hi == lo else math.ceil(hi / stride) - 1
+        last = max(first, last)
+        return min(max(first, 0), size - 1), min(max(last, 0), size - 1)
+
+    for b in range(batch):
+        for t in range(feats.shape[1]):
+            if not mask[b, t]:
+                continue
+            x0, y0, x1, y1 = boxes[b, t].tolist()
+            c0, c1 = cells(x0, x1, width)
+            r0, r1 = cells(y0, y1, height)
+            out[b, :, r0 : r1 + 1, c0 : c1 + 1] += feats[b, t, :, None, None]
+            count[b, :, r0 : r1 + 1, c0 : c1 + 1] += 1
+    if reduce == "mean":
+        out = out / count.clamp(min=1)
+    return out
+
+
+def random_boxes(batch, tokens, page_w, page_h, generator):
+    x0 = torch.rand(batch, tokens, generator=generator) * page_w * 1.1 - page_w * 0.05
+    y0 = torch.rand(batch, tokens, generator=generator) * page_h * 1.1 - page_h * 0.05
+    w = torch.rand(batch, tokens, generator=generator) * page_w * 0.4
+    h = torch.rand(batch, tokens, generator=generator) * page_h * 0.1
+    boxes = torch.stack([x0, y0, x0 + w, y0 + h], dim=-1)
+    # Edge cases: zero width, zero height, a point, boxes on cell borders, the page corner.
+    boxes[0, 0] = torch.tensor([12.0, 30.0, 12.0, 50.0])
+    boxes[0, 1] = torch.tensor([5.0, 16.0, 40.0, 16.0])
+    boxes[0, 2] = torch.tensor([33.0, 33.0, 33.0, 33.0])
+    boxes[0, 3] = torch.tensor([8.0, 8.0, 16.0, 24.0])
+    boxes[0, 4] = torch.tensor([page_w - 3.0, 0.0, page_w, 2.0])
+    return boxes
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+@pytest.mark.parametrize("stride", [4, 8, 32])
+def test_paint_tokens_matches_reference_loop(reduce, stride):
+    generator = torch.Generator().manual_seed(stride)
+    batch, tokens, channels = 2, 40, 5
+    page_h, page_w = 128, 96
+    grid = (page_h // stride, page_w // stride)
+    feats = torch.randn(batch, tokens, channels, generator=generator, dtype=torch.float64)
+    boxes = random_boxes(batch, tokens, page_w, page_h, generator).double()
+    mask = torch.ones(batch, tokens, dtype=torch.long)
+    mask[1, 25:] = 0
+    # Padding carries garbage that must not leak anywhere.
+    feats[1, 25:] = float("nan")
+
+    feats_a = feats.clone().requires_grad_(True)
+    feats_b = feats.clone().requires_grad_(True)
+    out = paint_tokens(feats_a, boxes, mask, grid, stride, reduce)
+    ref = reference_paint(feats_b, boxes, mask, grid, stride, reduce)
+    assert out.shape == (batch, channels) + grid
+    assert torch.allclose(out, ref, atol=1e-9)
+
+    weights = torch.randn(out.shape, generator=generator, dtype=torch.float64)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    grad_a, grad_b = feats_a.grad, feats_b.grad
+    assert torch.allclose(grad_a[mask.bool()], grad_b[mask.bool()], atol=1e-9)
+    assert torch.all(grad_a[~mask.bool()] == 0)
+
+
+def test_paint_tokens_orientation_and_empty_cells():
+    # One token in the top-right corner of a 64 (h) x 128 (w) page at stride 16.
+    feats = torch.tensor([[[1.0, 2.0]]])
+    boxes = torch.tensor([[[118.0, 2.0, 126.0, 10.0]]])
+    out = paint_tokens(feats, boxes, torch.ones(1, 1), (4, 8), 16, "mean")
+    assert out.shape == (1, 2, 4, 8)
+    nonzero = out[0, 0].nonzero().tolist()
+    assert nonzero == [[0, 7]]  # row 0 (top), last column (right)
+    assert out[0, :, 0, 7].tolist() == [1.0, 2.0]
+
+
+def test_paint_tokens_mean_divides_by_tokens_on_cell():
+    feats = torch.tensor([[[2.0], [4.0], [10.0]]])
+    boxes = torch.tensor([[[0.0, 0.0, 8.0, 8.0], [0.0, 0.0, 16.0, 8.0], [100.0, 100.0, 110.0, 110.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    mean = paint_tokens(feats, boxes, mask, (2, 2), 8, "mean")[0, 0]
+    total = paint_tokens(feats, boxes, mask, (2, 2), 8, "sum")[0, 0]
+    assert mean.tolist() == [[3.0, 4.0], [0.0, 0.0]]
+    assert total.tolist() == [[6.0, 4.0], [0.0, 0.0]]
+
+
+def test_paint_tokens_without_tokens_is_zero():
+    out = paint_tokens(torch.zeros(2, 0, 3), torch.zeros(2, 0, 4), torch.zeros(2, 0), (5, 6), 8, "mean")
+    assert out.shape == (2, 3, 5, 6)
+    assert not out.any()
+
+
+def test_gated_fusion_starts_close_to_visual_and_learns_from_text():
+    torch.manual_seed(0)
+    fusion = TextFusion(channels=6, stride=8, mode="gated", gate_bias_init=3.0)
+    visual = torch.randn(1, 6, 4, 4)
+    feats = torch.randn(1, 3, 6, requires_grad=True)
+    boxes = torch.tensor([[[0.0, 0.0, 16.0, 16.0], [8.0, 8.0, 30.0, 30.0], [0.0, 24.0, 31.0, 31.0]]])
+    out = fusion(visual, feats, boxes, torch.ones(1, 3))
+    gate = torch.sigmoid(torch.tensor(3.0))
+    # At initialization the gate is sigmoid(bias) everywhere: the output is mostly visual.
+    text = paint_tokens(fusion.text_proj(feats), boxes, torch.ones(1, 3), (4, 4), 8, "mean")
+    assert torch.allclose(out, gate * visual + (1 - gate) * text, atol=1e-6)
+    assert (out - visual).abs().max() < 0.1 * visual.abs().max()
+    out.sum().backward()
+    assert fusion.gate.weight.grad.abs().sum() > 0
+    assert feats.grad.abs().sum() > 0
+
+
+def test_gate_is_not_bounded_below_by_one_half():
+    # The research code's sigmoid(relu(x)) never went below 0.5; ours must reach 0.
+    fusion = TextFusion(channels=2, stride=4, mode="gated", gate_bias_init=-20.0)
+    visual = torch.ones(1, 2, 2, 2)
+    feats = torch.full((1, 1, 2), 5.0)
+    with torch.no_grad():
+        fusion.text_proj.weight.copy_(torch.eye(2))
+        out = fusion(visual, feats, torch.tensor([[[0.0, 0.0, 8.0, 8.0]]]), torch.ones(1, 1))
+    assert torch.allclose(out, torch.full_like(out, 5.0), atol=1e-6)
+
+
+def test_add_fusion_starts_equal_to_visual():
+    fusion = TextFusion(channels=4, stride=8, mode="add")
+    visual = torch.randn(2, 4, 3, 3)
+    out = fusion(visual, torch.randn(2, 5, 4), torch.rand(2, 5, 4) * 24, torch.ones(2, 5))
+    assert torch.equal(out, visual)
