@@ -1,7 +1,9 @@
 """ditod: multimodal (page image + OCR text) document layout detection for Detectron2.
 
-Importing the package registers its backbone and meta-architecture with detectron2.
+Importing the package registers its backbone and meta-architecture with detectron2,
+and the built-in dataset names (publaynet_*, cdla_*, doclaynet_*, synthetic_*).
 """
+from . import data
 from .config import add_vit_config
 from .modeling import LayoutLMv3Backbone, VLGeneralizedRCNN, build_vit_fpn_backbone
 

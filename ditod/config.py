@@ -65,7 +65,8 @@ def add_vit_config(cfg):
 
     # ----------------------------------------------------------------- OCR input
     _C.INPUT.OCR = CN()
-    # Token budget per page (never more than the model's text positions allow).
+    # Token budget per page, CLS/SEP not counted; lowered (with a warning) to what the
+    # model's text positions allow.
     _C.INPUT.OCR.MAX_TOKENS = 510
     # Cap on the tokens of one word/line; 0 = no cap.
     _C.INPUT.OCR.MAX_TOKENS_PER_WORD = 0
@@ -77,8 +78,8 @@ def add_vit_config(cfg):
     _C.INPUT.OCR.DROP_LEADING_SPACE = True
     # Wrap each page's tokens in the tokenizer's CLS/SEP tokens.
     _C.INPUT.OCR.ADD_SPECIAL_TOKENS = False
-    # A page without an OCR file: "error" (stop with the path) or "empty" (no tokens,
-    # counted and logged).
+    # A page without a usable OCR file (missing, not UTF-8/JSON, bad fields): "error"
+    # (stop with the path and the problem) or "empty" (no tokens, counted and logged).
     _C.INPUT.OCR.MISSING = "error"
 
     # ---------------------------------------------------------------- datasets

@@ -233,3 +233,16 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_less_saved():
 
 def test_backbone_class_is_the_registered_bottom_up():
     assert isinstance(build_backbone(tiny_cfg()).bottom_up, LayoutLMv3Backbone)
+
+
+def test_sdpa_attention_equals_eager():
+    cfg = twelve_layer_cfg("MODEL.VIT.ATTENTION", "sdpa")
+    _, bottom_up = build_bottom_up(cfg)
+    images = torch.randn(2, 3, 256, 192)
+    text = page_tokens(2, 16, 300, (256, 192))  # page 1 is half padding
+    with torch.no_grad():
+        fused = bottom_up({"images": images, **text})
+        bottom_up.layoutlmv3.set_attn_implementation("eager")
+        eager = bottom_up({"images": images, **text})
+    for name in fused:
+        assert torch.allclose(fused[name], eager[name], atol=1e-4), name

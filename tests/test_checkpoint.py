@@ -6,6 +6,7 @@ from transformers import LayoutLMv3Config, LayoutLMv3Model
 from detectron2.modeling import build_model
 
 from conftest import tiny_cfg
+from ditod.data.tokens import train_tokenizer
 from ditod.engine.checkpoint import VLDetectionCheckpointer
 
 SOURCE_CONFIG = dict(
@@ -38,6 +39,8 @@ def test_huggingface_checkpoint_loads_with_from_pretrained_semantics(tmp_path):
         for param in source.parameters():
             param.normal_(std=0.2)
     source.save_pretrained(tmp_path / "hf")
+    # A real checkpoint folder holds its tokenizer next to the weights.
+    train_tokenizer(["layout analysis finds titles captions and tables"] * 20, tmp_path / "hf", vocab_size=280)
 
     cfg = tiny_cfg("MODEL.VIT.PRETRAINED", str(tmp_path / "hf"), "MODEL.TEXT_FUSION.MODE", "none")
     model = build_model(cfg).eval()

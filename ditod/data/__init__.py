@@ -1,0 +1,29 @@
+"""Pages in: OCR, tokens, the vision-language dataset mapper and COCO datasets.
+
+Importing it registers the built-in datasets (see `datasets.register_all_builtin`).
+"""
+from .datasets import load_vl_coco_json, register_all_builtin, register_from_config, register_vl_coco
+from .mapper import VLDatasetMapper, build_vl_augmentation, transform_ocr_boxes
+from .ocr import OCRFormatError, PageOCR, load_ocr, save_ocr
+from .reading_order import reading_order
+from .tokens import OCRTokenizer, get_tokenizer, load_tokenizer, max_text_tokens, train_tokenizer
+
+__all__ = [
+    "OCRFormatError",
+    "OCRTokenizer",
+    "PageOCR",
+    "VLDatasetMapper",
+    "build_vl_augmentation",
+    "get_tokenizer",
+    "load_ocr",
+    "load_tokenizer",
+    "load_vl_coco_json",
+    "max_text_tokens",
+    "reading_order",
+    "register_all_builtin",
+    "register_from_config",
+    "register_vl_coco",
+    "save_ocr",
+    "train_tokenizer",
+    "transform_ocr_boxes",
+]

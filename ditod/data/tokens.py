@@ -1,22 +1,280 @@
-"""OCR words to LayoutLMv3 token ids and boxes."""
+"""OCR words to LayoutLMv3 token ids and boxes.
+
+A page's OCR lines become one token sequence: lines are put in reading order,
+each line is split into whitespace words, every word is tokenized the way
+LayoutLMv3's processor tokenizes pre-split words (a word-start prefix on every
+word), and every token carries its line's box. The tokenizer is loaded once per
+process; words already seen are not tokenized again.
+"""
 import functools
+import json
 import logging
 
-from transformers import AutoTokenizer
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, LayoutLMv3Tokenizer, XLMRobertaTokenizer
 
-__all__ = ["get_tokenizer", "load_tokenizer"]
+from ..modeling.backbone import build_layoutlmv3_config
+from .reading_order import reading_order
+
+__all__ = [
+    "OCRTokenizer",
+    "get_tokenizer",
+    "load_tokenizer",
+    "max_text_tokens",
+    "train_tokenizer",
+]
 
 logger = logging.getLogger(__name__)
+
+# RoBERTa / XLM-R special tokens, in id order: <s>=0, <pad>=1, </s>=2, <unk>=3.
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+# The word-start marker of SentencePiece-style tokenizers (XLM-R, LayoutLMv3-Chinese).
+WORD_START = "\u2581"
+# What released LayoutLMv3 tokenizers declare; the model allows 512 text tokens.
+MODEL_MAX_LENGTH = 512
 
 
 @functools.lru_cache(maxsize=None)
 def load_tokenizer(name):
     """Load a tokenizer (hub id or directory) once per process."""
     logger.info(f"Loading tokenizer {name}")
-    return AutoTokenizer.from_pretrained(name)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    # From a folder without tokenizer files (a model saved alone) transformers builds
+    # a tokenizer of special tokens only, whose ids mean nothing to the model.
+    if len(tokenizer) <= len(tokenizer.all_special_ids):
+        raise ValueError(
+            f"{name} holds no tokenizer (its vocabulary has only the {len(tokenizer)} special tokens): "
+            "point MODEL.VIT.TOKENIZER at the tokenizer of the model"
+        )
+    return tokenizer
 
 
 def get_tokenizer(cfg):
     """The tokenizer of MODEL.VIT.TOKENIZER (or MODEL.VIT.PRETRAINED); None when neither is set."""
     name = cfg.MODEL.VIT.TOKENIZER or cfg.MODEL.VIT.PRETRAINED
     return load_tokenizer(name) if name else None
+
+
+def train_tokenizer(texts, out_dir, vocab_size=1000, kind="bpe"):
+    """
+    Train a small tokenizer on `texts` and save it in the Hugging Face format, so that
+    ``AutoTokenizer.from_pretrained(out_dir)`` loads it like a released one.
+
+    Args:
+        texts: iterable of strings (e.g. OCR lines); read once.
+        vocab_size: target vocabulary size, special tokens included. A byte-level BPE
+            always keeps its 256 byte symbols.
+        kind: "bpe": a byte-level BPE like RoBERTa's and LayoutLMv3-base's
+            (`LayoutLMv3Tokenizer`, word-start prefix on every word);
+            "sentencepiece": a Unigram model with the "▁" word-start piece like XLM-R's
+            and LayoutLMv3-base-chinese's (`XLMRobertaTokenizer`).
+            Both number <s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4.
+
+    Returns:
+        The saved tokenizer, as `AutoTokenizer` loads it.
+    """
+    if kind == "bpe":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    elif kind == "sentencepiece":
+        backend = Tokenizer(models.Unigram())
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.WhitespaceSplit(),
+                pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always"),
+            ]
+        )
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>", show_progress=False
+        )
+    else:
+        raise ValueError(f"Tokenizer kind must be 'bpe' or 'sentencepiece', got {kind!r}")
+    backend.train_from_iterator(texts, trainer)
+
+    # The transformers classes rebuild their pipeline (pre-tokenizer, post-processor)
+    # from the vocabulary, exactly as they do for the released checkpoints.
+    model = json.loads(backend.to_str())["model"]
+    if kind == "bpe":
+        merges = [tuple(merge) for merge in model["merges"]]
+        tokenizer = LayoutLMv3Tokenizer(vocab=model["vocab"], merges=merges, model_max_length=MODEL_MAX_LENGTH)
+    else:
+        vocab = [tuple(piece) for piece in model["vocab"]]
+        tokenizer = XLMRobertaTokenizer(vocab=vocab, model_max_length=MODEL_MAX_LENGTH)
+    tokenizer.save_pretrained(out_dir)
+    logger.info(f"Saved a {kind} tokenizer of {len(tokenizer)} tokens to {out_dir}")
+    return AutoTokenizer.from_pretrained(out_dir)
+
+
+def max_text_tokens(cfg, tokenizer):
+    """Most text tokens (special tokens included) one page can give the model of `cfg`.
+
+    LayoutLMv3 numbers text positions from pad_token_id + 1, so a model with P position
+    embeddings takes P - pad_token_id - 1 tokens (512 for 514 positions and pad id 1).
+    """
+    config = build_layoutlmv3_config(cfg, tokenizer)
+    return config.max_position_embeddings - config.pad_token_id - 1
+
+
+# ---------------------------------------------------------------- page encoding
+
+
+class OCRTokenizer:
+    """
+    Turns one page's OCR lines and boxes into LayoutLMv3 text inputs.
+
+    Every line is split into whitespace words; each word is tokenized as LayoutLMv3's
+    processor tokenizes pre-split words (`is_split_into_words`: the word-start prefix
+    "Ġ" or "▁" on every word) and all tokens of a line carry the line's box. Word ids
+    are cached, so repeated words cost a dict lookup.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer backed by the `tokenizers` library.
+        max_tokens: token budget per page, special tokens not included; the lines
+            are taken in order until it is spent (the last one possibly in part).
+        max_tokens_per_word: cap on the tokens of one OCR entry (a line); 0 = no cap.
+        order: "reading" (see `reading_order`) or "ocr" (as the OCR gave them).
+        drop_unk: leave out tokens that are the tokenizer's unknown token.
+        drop_leading_space: leave out the word-start marker "▁" when it is a token of
+            its own (what XLM-R-style tokenizers emit before Chinese characters).
+        add_special_tokens: wrap the page's tokens in the tokenizer's CLS/SEP tokens,
+            whose boxes are [0, 0, 0, 0] as in LayoutLMv3's processor (a page without
+            tokens stays empty).
+        cache_size: the word cache is emptied when it holds this many words, bounding
+            its memory over a large corpus.
+    """
+
+    ORDERS = ("reading", "ocr")
+
+    def __init__(
+        self,
+        tokenizer,
+        max_tokens=510,
+        max_tokens_per_word=0,
+        order="reading",
+        drop_unk=True,
+        drop_leading_space=True,
+        add_special_tokens=False,
+        cache_size=1 << 20,
+    ):
+        if order not in self.ORDERS:
+            raise ValueError(f"INPUT.OCR.ORDER must be one of {self.ORDERS}, got {order!r}")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                f"{type(tokenizer).__name__} is not backed by the tokenizers library; "
+                "OCR tokenization needs a fast tokenizer"
+            )
+        if max_tokens < 0 or max_tokens_per_word < 0:
+            raise ValueError(
+                f"INPUT.OCR.MAX_TOKENS ({max_tokens}) and MAX_TOKENS_PER_WORD ({max_tokens_per_word}) "
+                "must not be negative"
+            )
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.max_tokens_per_word = max_tokens_per_word
+        self.order = order
+        self.add_special_tokens = add_special_tokens
+        self.cache_size = cache_size
+        self._backend = tokenizer.backend_tokenizer
+        dropped = set()
+        if drop_unk and tokenizer.unk_token_id is not None:
+            dropped.add(tokenizer.unk_token_id)
+        word_start = self._backend.token_to_id(WORD_START)
+        if drop_leading_space and word_start is not None:
+            dropped.add(word_start)
+        self._dropped_ids = frozenset(dropped)
+        self._word_ids = {}
+
+    @classmethod
+    def from_config(cls, cfg):
+        """The encoder of `cfg`'s INPUT.OCR keys with `get_tokenizer(cfg)`; MAX_TOKENS is
+        lowered (with a warning) to what the model's text positions allow."""
+        tokenizer = get_tokenizer(cfg)
+        if tokenizer is None:
+            raise ValueError(
+                "The model reads OCR text (MODEL.IMAGE_ONLY False) but no tokenizer is configured: "
+                "set MODEL.VIT.TOKENIZER or MODEL.VIT.PRETRAINED"
+            )
+        ocr = cfg.INPUT.OCR
+        num_special = 2 if ocr.ADD_SPECIAL_TOKENS else 0
+        limit = max_text_tokens(cfg, tokenizer) - num_special
+        max_tokens = ocr.MAX_TOKENS
+        if max_tokens > limit:
+            logger.warning(
+                f"INPUT.OCR.MAX_TOKENS {max_tokens} is more than the model's text positions allow "
+                f"({limit} tokens{' besides CLS/SEP' if num_special else ''}); using {limit}"
+            )
+            max_tokens = limit
+        return cls(
+            tokenizer,
+            max_tokens=max_tokens,
+            max_tokens_per_word=ocr.MAX_TOKENS_PER_WORD,
+            order=ocr.ORDER,
+            drop_unk=ocr.DROP_UNK,
+            drop_leading_space=ocr.DROP_LEADING_SPACE,
+            add_special_tokens=ocr.ADD_SPECIAL_TOKENS,
+        )
+
+    def line_order(self, boxes):
+        """Indices of the lines with `boxes` (N, 4 x0, y0, x1, y1) in the configured order."""
+        if self.order == "reading":
+            return reading_order(boxes)
+        return np.arange(len(boxes))
+
+    def _cache_words(self, words):
+        new = list(dict.fromkeys(w for w in words if w not in self._word_ids))
+        if not new:
+            return
+        if len(self._word_ids) + len(new) > self.cache_size:
+            self._word_ids.clear()
+            new = list(dict.fromkeys(words))
+        encodings = self._backend.encode_batch([[w] for w in new], is_pretokenized=True, add_special_tokens=False)
+        for word, encoding in zip(new, encodings):
+            self._word_ids[word] = [i for i in encoding.ids if i not in self._dropped_ids]
+
+    def line_ids(self, line):
+        """Token ids of one OCR line (after the unk / word-start drops and the per-line cap)."""
+        words = line.split()
+        self._cache_words(words)
+        ids = [i for word in words for i in self._word_ids[word]]
+        return ids[: self.max_tokens_per_word] if self.max_tokens_per_word else ids
+
+    def encode(self, lines, boxes):
+        """
+        Token ids and boxes of `lines`, taken in the given order until the budget is spent.
+
+        Args:
+            lines: list of N strings.
+            boxes: (N, 4) x0, y0, x1, y1 of the lines (any unit; returned as given).
+
+        Returns:
+            input_ids: LongTensor (T,); token_boxes: FloatTensor (T, 4), each token with
+            its line's box.
+        """
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        if len(boxes) != len(lines):
+            raise ValueError(f"{len(lines)} lines but {len(boxes)} boxes")
+        ids, owners = [], []
+        budget = self.max_tokens
+        for index, line in enumerate(lines):
+            if budget <= 0:
+                break
+            line_ids = self.line_ids(line)[:budget]
+            ids.extend(line_ids)
+            owners.extend([index] * len(line_ids))
+            budget -= len(line_ids)
+        token_boxes = boxes[owners]
+        # A page without text stays without tokens (the model reads its image alone).
+        if self.add_special_tokens and ids:
+            ids = [self.tokenizer.cls_token_id, *ids, self.tokenizer.sep_token_id]
+            zero = np.zeros((1, 4), dtype=np.float32)
+            token_boxes = np.concatenate([zero, token_boxes, zero])
+        return torch.tensor(ids, dtype=torch.long), torch.from_numpy(token_boxes.reshape(-1, 4))

@@ -1,0 +1,196 @@
+"""The dataset mapper of the multimodal model: page image, annotations and OCR tokens."""
+import copy
+import logging
+
+import numpy as np
+import torch
+
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from .ocr import OCRFormatError, PageOCR, load_ocr
+from .tokens import OCRTokenizer
+
+__all__ = ["VLDatasetMapper", "build_vl_augmentation", "transform_ocr_boxes"]
+
+logger = logging.getLogger(__name__)
+
+# DETR's pre-crop resize, as in the LayoutLMv3 / DiT detection recipes.
+DETR_PRE_CROP_SIZES = (400, 500, 600)
+
+
+def build_vl_augmentation(cfg, is_train):
+    """
+    detectron2's augmentations (multi-scale `ResizeShortestEdge`, `RandomFlip`) with the
+    crop of INPUT.CROP in training: with AUG.DETR, half of the pages are resized to a
+    short side of 400/500/600 and cropped before the multi-scale resize (DETR's recipe);
+    without it every page is cropped first, as detectron2's `DatasetMapper` does.
+    """
+    augmentations = utils.build_augmentation(cfg, is_train)
+    if not (is_train and cfg.INPUT.CROP.ENABLED):
+        return augmentations
+    crop = T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
+    if cfg.AUG.DETR:
+        pre_crop = T.ResizeShortestEdge(list(DETR_PRE_CROP_SIZES), sample_style="choice")
+        crop = T.RandomApply(T.AugmentationList([pre_crop, crop]), prob=0.5)
+    return [crop] + augmentations
+
+
+def transform_ocr_boxes(boxes, transforms, image_shape):
+    """
+    Line boxes (N, 4 x0, y0, x1, y1) through the image's transforms.
+
+    A line whose centre leaves the transformed image is dropped (most of it was cropped
+    away); the others are clipped to the image, so a line cut by the crop keeps the box
+    of its visible part.
+
+    Returns:
+        boxes (K, 4) in pixels of the transformed image, and the indices (K,) of the
+        kept lines.
+    """
+    if len(boxes) == 0:
+        return np.zeros((0, 4), dtype=np.float64), np.zeros(0, dtype=np.int64)
+    boxes = transforms.apply_box(np.asarray(boxes, dtype=np.float64))
+    height, width = image_shape
+    center_x = (boxes[:, 0] + boxes[:, 2]) / 2
+    center_y = (boxes[:, 1] + boxes[:, 3]) / 2
+    keep = np.flatnonzero((center_x >= 0) & (center_x <= width) & (center_y >= 0) & (center_y <= height))
+    boxes = boxes[keep]
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes, keep
+
+
+class VLDatasetMapper(DatasetMapper):
+    """
+    detectron2's `DatasetMapper` (image read with EXIF orientation, augmentations,
+    annotations to `Instances`) plus the page's OCR tokens.
+
+    A dataset dict names its OCR json under "ocr_file" (see `register_vl_coco`), or
+    carries an already made `PageOCR` under "ocr" (OCR on the fly). The OCR lines are put
+    in reading order on the page as it is, moved by the same transforms as the image
+    (see `transform_ocr_boxes` for lines the crop cuts) and tokenized. The output adds
+    "input_ids" (LongTensor T) and "token_boxes" (FloatTensor T x 4, x0, y0, x1, y1 in
+    pixels of "image"); with MODEL.IMAGE_ONLY no OCR is read and these keys are absent.
+
+    Bad input:
+
+    * an image that cannot be read: skipped in training (logged, counted; detectron2's
+      loader takes another page), an error naming the file at inference;
+    * OCR json missing or unusable (not UTF-8, not JSON, wrong fields): with
+      INPUT.OCR.MISSING "error" the error names the file and the problem; with "empty"
+      the page has zero tokens, counted and logged every 100 such pages (per process);
+    * OCR made on another size of the page (W/H differ from the image): boxes rescaled
+      to the image, with a warning;
+    * boxes outside the page: clipped, or dropped when their centre is outside.
+    """
+
+    @configurable
+    def __init__(self, is_train, *, ocr_tokenizer=None, missing_ocr="error", **kwargs):
+        """
+        Args:
+            ocr_tokenizer: an `OCRTokenizer`; None for an image-only model.
+            missing_ocr: "error" or "empty", what to do with a page without usable OCR.
+            kwargs: the arguments of `DatasetMapper`.
+        """
+        super().__init__(is_train, **kwargs)
+        if missing_ocr not in ("error", "empty"):
+            raise ValueError(f"INPUT.OCR.MISSING must be 'error' or 'empty', got {missing_ocr!r}")
+        self.ocr_tokenizer = ocr_tokenizer
+        self.missing_ocr = missing_ocr
+        self.pages_without_ocr = 0
+        self.unreadable_images = 0
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        ret = super().from_config(cfg, is_train)
+        ret["augmentations"] = build_vl_augmentation(cfg, is_train)
+        ret["ocr_tokenizer"] = None if cfg.MODEL.IMAGE_ONLY else OCRTokenizer.from_config(cfg)
+        ret["missing_ocr"] = cfg.INPUT.OCR.MISSING
+        return ret
+
+    def _read_image(self, file_name):
+        try:
+            return utils.read_image(file_name, format=self.image_format)
+        except (OSError, SyntaxError) as e:  # PIL reports some broken files as SyntaxError
+            if not self.is_train:
+                raise OSError(f"{file_name}: cannot read the image ({e})") from e
+            self.unreadable_images += 1
+            logger.warning(
+                f"Skipping {file_name}: cannot read the image ({e}); "
+                f"{self.unreadable_images} unreadable image(s) so far"
+            )
+            return None
+
+    def _read_ocr(self, dataset_dict, image_size):
+        """The page's OCR at `image_size` (width, height); empty, or an error, when there
+        is no usable OCR (INPUT.OCR.MISSING)."""
+        page = dataset_dict.pop("ocr", None)
+        if page is not None:
+            if not isinstance(page, PageOCR):
+                raise TypeError(f"{dataset_dict['file_name']}: 'ocr' must be a PageOCR, got {type(page).__name__}")
+            if (page.width, page.height) != image_size:
+                logger.warning(
+                    f"{dataset_dict['file_name']}: OCR of a {page.width}x{page.height} page, image is "
+                    f"{image_size[0]}x{image_size[1]}; rescaling its boxes to the image"
+                )
+                page = page.rescaled(*image_size)
+            return page
+        path = dataset_dict.get("ocr_file")
+        try:
+            if path is None:
+                raise FileNotFoundError(f"{dataset_dict['file_name']}: the dataset dict names no 'ocr_file'")
+            return load_ocr(path, image_size=image_size)
+        except (FileNotFoundError, OCRFormatError) as e:
+            if self.missing_ocr == "error":
+                raise
+            self.pages_without_ocr += 1
+            if self.pages_without_ocr % 100 == 1:
+                logger.warning(
+                    f"{self.pages_without_ocr} page(s) without usable OCR so far, mapped with zero "
+                    f"tokens (INPUT.OCR.MISSING empty); latest: {e}"
+                )
+            return PageOCR.empty(*image_size)
+
+    def _tokens(self, page, transforms, image_shape):
+        boxes = page.boxes_xyxy()
+        order = self.ocr_tokenizer.line_order(boxes)
+        boxes, kept = transform_ocr_boxes(boxes[order], transforms, image_shape)
+        lines = [page.words[i] for i in order[kept]]
+        return self.ocr_tokenizer.encode(lines, boxes)
+
+    def __call__(self, dataset_dict):
+        """
+        Args:
+            dataset_dict: one record in detectron2's dataset format, with "ocr_file" or "ocr".
+
+        Returns:
+            detectron2's model input dict plus "input_ids" and "token_boxes"; None when
+            the image cannot be read in training (the loader then takes another page).
+        """
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = self._read_image(dataset_dict["file_name"])
+        if image is None:
+            return None
+        utils.check_image_size(dataset_dict, image)
+        page = None
+        if self.ocr_tokenizer is not None:
+            page = self._read_ocr(dataset_dict, (image.shape[1], image.shape[0]))
+        dataset_dict.pop("ocr", None)
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if page is not None:
+            dataset_dict["input_ids"], dataset_dict["token_boxes"] = self._tokens(page, transforms, image_shape)
+
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            return dataset_dict
+        if "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict

@@ -1,0 +1,468 @@
+"""OCR of document pages: the OCR json format, OCR engines and PDF text layers.
+
+One OCR json per page image (same stem, UTF-8)::
+
+    {"W": 1240, "H": 1754,
+     "words":  ["1. Introduction", "Layout analysis finds ..."],
+     "bbox":   [[x, y, w, h], ...],      # pixels of the original page
+     "scores": [0.99, ...]}             # optional
+
+"words" are text lines (what PaddleOCR-style engines detect); every token of a
+line later carries the line's box.
+
+Engines turn an RGB page image into a :class:`PageOCR`: ``rapidocr`` (default,
+PP-OCR models run offline on onnxruntime) and ``paddleocr`` (for users who have
+PaddleOCR and its models). A born-digital PDF needs no OCR:
+:func:`read_pdf_page` renders a page and reads its text layer with PyMuPDF.
+"""
+import abc
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "OCRFormatError",
+    "PageOCR",
+    "load_ocr",
+    "save_ocr",
+    "atomic_write",
+    "quads_to_xywh",
+    "OCREngine",
+    "RapidOCREngine",
+    "PaddleOCREngine",
+    "OCR_ENGINES",
+    "build_ocr_engine",
+    "parse_paddleocr_result",
+    "PdfPage",
+    "pdf_text_layer",
+    "render_pdf_page",
+    "read_pdf_page",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class OCRFormatError(ValueError):
+    """An OCR json that cannot be used; the message names the file and the field."""
+
+    def __init__(self, path, field, problem):
+        self.path, self.field, self.problem = path, field, problem
+        super().__init__(f"{path}: {field}: {problem}" if field else f"{path}: {problem}")
+
+
+@dataclass
+class PageOCR:
+    """Line-level OCR of one page: boxes are (N, 4) xywh in pixels of a width x height page."""
+
+    width: int
+    height: int
+    words: List[str]
+    boxes: np.ndarray
+    scores: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        if len(self.boxes) != len(self.words):
+            raise ValueError(f"{len(self.words)} words but {len(self.boxes)} boxes")
+        if self.scores is not None:
+            self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+            if len(self.scores) != len(self.words):
+                raise ValueError(f"{len(self.words)} words but {len(self.scores)} scores")
+
+    def __len__(self):
+        return len(self.words)
+
+    @classmethod
+    def empty(cls, width, height):
+        return cls(width, height, [], np.zeros((0, 4)))
+
+    def boxes_xyxy(self) -> np.ndarray:
+        """The boxes as (N, 4) x0, y0, x1, y1."""
+        return np.concatenate([self.boxes[:, :2], self.boxes[:, :2] + self.boxes[:, 2:]], axis=1)
+
+    def rescaled(self, width, height) -> "PageOCR":
+        """The same OCR on the page resized to width x height."""
+        scale = np.array([width / self.width, height / self.height] * 2)
+        return PageOCR(width, height, list(self.words), self.boxes * scale, self.scores)
+
+    def to_json(self) -> dict:
+        """The OCR json object (boxes rounded to 1/100 pixel, scores to 4 decimals)."""
+        out = {
+            "W": int(self.width),
+            "H": int(self.height),
+            "words": list(self.words),
+            "bbox": np.round(self.boxes, 2).tolist(),
+        }
+        if self.scores is not None:
+            out["scores"] = np.round(self.scores, 4).tolist()
+        return out
+
+
+# --------------------------------------------------------------------- json I/O
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _page_size(data, key, path):
+    if key not in data:
+        raise OCRFormatError(path, key, "missing (the page size in pixels)")
+    value = data[key]
+    if not _is_number(value) or not math.isfinite(value) or value <= 0 or value != int(value):
+        raise OCRFormatError(path, key, f"must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _first_bad_box(raw):
+    """Index and problem of the first entry of `raw` that is not 4 finite numbers."""
+    for i, box in enumerate(raw):
+        if not isinstance(box, list) or len(box) != 4:
+            return i, f"must be [x, y, w, h], got {box!r}"
+        if not all(_is_number(v) for v in box):
+            return i, f"non-numeric value in {box!r}"
+        if not all(math.isfinite(v) for v in box):
+            return i, f"NaN or infinite value in {box!r}"
+    return None
+
+
+def _boxes(raw, path):
+    if not isinstance(raw, list):
+        raise OCRFormatError(path, "bbox", f"must be a list of [x, y, w, h], got {type(raw).__name__}")
+    if not raw:
+        return np.zeros((0, 4))
+    bad = _first_bad_box(raw)
+    if bad is not None:
+        raise OCRFormatError(path, f"bbox[{bad[0]}]", bad[1])
+    boxes = np.asarray(raw, dtype=np.float64)
+    # A negative size means the file was not written as xywh (e.g. corner pairs);
+    # guessing the intended box would hide that, so it is an error.
+    negative = np.flatnonzero((boxes[:, 2:] < 0).any(axis=1))
+    if len(negative):
+        i = int(negative[0])
+        problem = f"negative width or height in {raw[i]!r} (expected x, y, w, h)"
+        raise OCRFormatError(path, f"bbox[{i}]", problem)
+    return boxes
+
+
+def _scores(raw, n, path):
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) != n:
+        got = f"{len(raw)} entries" if isinstance(raw, list) else type(raw).__name__
+        raise OCRFormatError(path, "scores", f"must be a list of {n} numbers (one per word), got {got}")
+    for i, score in enumerate(raw):
+        if not _is_number(score) or not math.isfinite(score):
+            raise OCRFormatError(path, f"scores[{i}]", f"must be a finite number, got {score!r}")
+    return np.asarray(raw, dtype=np.float64)
+
+
+def load_ocr(path, image_size: Optional[Tuple[int, int]] = None) -> PageOCR:
+    """Read and validate an OCR json.
+
+    Args:
+        path: the json file.
+        image_size: (width, height) of the image the OCR belongs to. When the file's
+            W/H differ, the boxes are rescaled to the image (with a warning): OCR made
+            on another resolution of the same page stays usable.
+
+    Raises:
+        FileNotFoundError: no such file.
+        OCRFormatError: the file is not UTF-8 JSON in the OCR format; the message names
+            the file and the offending field. Boxes must be [x, y, w, h] with finite
+            numbers and w, h >= 0; boxes reaching outside the page are kept as they
+            are (the mapper clips them to the transformed image).
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        raise OCRFormatError(path, None, problem) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        problem = f"not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); truncated?"
+        raise OCRFormatError(path, None, problem) from None
+    if not isinstance(data, dict):
+        raise OCRFormatError(path, None, f"must be a JSON object, got {type(data).__name__}")
+
+    width, height = _page_size(data, "W", path), _page_size(data, "H", path)
+    if "words" not in data:
+        raise OCRFormatError(path, "words", "missing")
+    words = data["words"]
+    if not isinstance(words, list):
+        raise OCRFormatError(path, "words", f"must be a list of strings, got {type(words).__name__}")
+    for i, word in enumerate(words):
+        if not isinstance(word, str):
+            raise OCRFormatError(path, f"words[{i}]", f"must be a string, got {word!r}")
+    if "bbox" not in data:
+        raise OCRFormatError(path, "bbox", "missing")
+    boxes = _boxes(data["bbox"], path)
+    if len(boxes) != len(words):
+        problem = f"{len(boxes)} boxes for {len(words)} words (must be one box per word)"
+        raise OCRFormatError(path, "bbox", problem)
+    page = PageOCR(width, height, words, boxes, _scores(data.get("scores"), len(words), path))
+
+    if image_size is not None and tuple(image_size) != (width, height):
+        logger.warning(
+            f"{path}: OCR made on a {width}x{height} page, image is {image_size[0]}x{image_size[1]}; "
+            "rescaling its boxes to the image"
+        )
+        page = page.rescaled(*image_size)
+    return page
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", **open_kwargs):
+    """Open a temporary file next to `path` that replaces `path` only once fully written.
+
+    A crash mid-write leaves the old file (or none), never a truncated one, so a
+    resumed run can trust every file it finds.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_ocr(path, page: PageOCR):
+    """Write `page` as an OCR json (UTF-8, non-ASCII kept as is), atomically."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(page.to_json(), f, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------- engines
+
+
+def quads_to_xywh(quads) -> np.ndarray:
+    """Axis-aligned xywh boxes around (N, K, 2) polygons (K corner points each)."""
+    if len(quads) == 0:
+        return np.zeros((0, 4))
+    quads = np.asarray(quads, dtype=np.float64).reshape(len(quads), -1, 2)
+    lo, hi = quads.min(axis=1), quads.max(axis=1)
+    return np.concatenate([lo, hi - lo], axis=1)
+
+
+def _drop_blank(words, boxes, scores):
+    keep = [i for i, w in enumerate(words) if w.strip()]
+    return [words[i] for i in keep], boxes[keep], None if scores is None else scores[keep]
+
+
+class OCREngine(abc.ABC):
+    """An RGB page image (H, W, 3 uint8) in, line-level :class:`PageOCR` out.
+
+    ``stage_seconds`` accumulates the time spent per stage over all calls (the
+    stages an engine can tell apart), for profiling.
+    """
+
+    def __init__(self):
+        self.stage_seconds: Dict[str, float] = defaultdict(float)
+
+    @abc.abstractmethod
+    def recognize(self, image_bgr: np.ndarray) -> PageOCR:
+        """OCR of a validated BGR page image (what OpenCV-based engines take)."""
+
+    def __call__(self, image: np.ndarray) -> PageOCR:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB image (H, W, 3) uint8, got {image.shape} {image.dtype}")
+        return self.recognize(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
+class RapidOCREngine(OCREngine):
+    """PP-OCR detection + recognition through the ``rapidocr`` package (onnxruntime, offline).
+
+    Args:
+        threads: onnxruntime threads per model; None lets onnxruntime use every core.
+            Several engines in parallel processes should share the cores between them.
+        params: extra RapidOCR settings ("Section.key": value, e.g. {"Rec.lang_type": "en"}).
+    """
+
+    def __init__(self, threads: Optional[int] = None, params: Optional[dict] = None):
+        super().__init__()
+        from rapidocr import RapidOCR
+
+        # RapidOCR logs every model load at info and every blank page as a warning.
+        settings = {"Global.log_level": "error"}
+        if threads is not None:
+            settings["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
+            settings["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
+        settings.update(params or {})
+        self._ocr = RapidOCR(params=settings)
+
+    def recognize(self, image_bgr):
+        height, width = image_bgr.shape[:2]
+        start = time.perf_counter()
+        result = self._ocr(image_bgr)
+        total = time.perf_counter() - start
+
+        elapsed = getattr(result, "elapse_list", [])
+        stages = dict(zip(("detection", "classification", "recognition"), elapsed))
+        stages = {k: v for k, v in stages.items() if isinstance(v, float)}
+        for stage, seconds in stages.items():
+            self.stage_seconds[stage] += seconds
+        # Model loading and image pre/post-processing are the time outside the stages.
+        self.stage_seconds["other OCR work"] += max(total - sum(stages.values()), 0.0)
+
+        # A page without text comes back as an output whose txts are None.
+        texts = getattr(result, "txts", None)
+        if not texts:
+            return PageOCR.empty(width, height)
+        words, boxes, scores = _drop_blank(
+            list(texts), quads_to_xywh(result.boxes), np.asarray(result.scores, dtype=np.float64)
+        )
+        return PageOCR(width, height, words, boxes, scores)
+
+
+class PaddleOCREngine(OCREngine):
+    """PaddleOCR (2.x ``ocr()`` or 3.x ``predict()``); keyword arguments go to ``paddleocr.PaddleOCR``.
+
+    Args:
+        threads: CPU threads (PaddleOCR's ``cpu_threads``); None keeps PaddleOCR's default.
+    """
+
+    def __init__(self, threads: Optional[int] = None, **kwargs):
+        super().__init__()
+        try:
+            import paddleocr
+        except ImportError as e:
+            raise ImportError(
+                "OCR engine 'paddleocr' needs the paddleocr package and its models "
+                "(pip install paddleocr paddlepaddle); the default engine 'rapidocr' needs neither"
+            ) from e
+        logging.getLogger("ppocr").setLevel(logging.WARNING)  # PaddleOCR 2.x logs every page at debug
+        if threads is not None:
+            kwargs.setdefault("cpu_threads", int(threads))
+        self._ocr = paddleocr.PaddleOCR(**kwargs)
+        # 3.x replaced ocr() (deprecated there) by predict(); both take one BGR image.
+        self._run = self._ocr.predict if hasattr(self._ocr, "predict") else self._ocr.ocr
+
+    def recognize(self, image_bgr):
+        height, width = image_bgr.shape[:2]
+        start = time.perf_counter()
+        result = self._run(image_bgr)
+        self.stage_seconds["ocr"] += time.perf_counter() - start
+        return parse_paddleocr_result(result[0] if result else None, width, height)
+
+
+def parse_paddleocr_result(page_result, width: int, height: int) -> PageOCR:
+    """A PageOCR from PaddleOCR's result for one page (the first entry of what it returns).
+
+    Accepts the 2.x format ``[[[[x, y] x 4], (text, score)], ...]`` (None for a page
+    without text) and the 3.x ``predict()`` result: a dict (or the ``OCRResult``
+    mapping, or its saved json ``{"res": {...}}``) with ``rec_texts``, ``rec_scores``
+    and ``rec_boxes`` (x0, y0, x1, y1) or ``rec_polys``. Polygons become their
+    axis-aligned bounding boxes; lines with blank text are dropped.
+    """
+    if page_result is None or (isinstance(page_result, list) and not page_result):
+        return PageOCR.empty(width, height)
+    if hasattr(page_result, "keys"):
+        result = page_result["res"] if "res" in page_result else page_result
+        if "rec_texts" not in result:
+            raise ValueError(f"PaddleOCR result without 'rec_texts' (keys: {sorted(result.keys())})")
+        words = [str(t) for t in result["rec_texts"]]
+        scores = np.asarray(result["rec_scores"], dtype=np.float64)
+        if result.get("rec_boxes") is not None and len(result["rec_boxes"]) == len(words):
+            xyxy = np.asarray(result["rec_boxes"], dtype=np.float64).reshape(-1, 4)
+            boxes = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        else:
+            boxes = quads_to_xywh(result["rec_polys"])
+    elif isinstance(page_result, (list, tuple)):
+        try:
+            quads = [line[0] for line in page_result]
+            words = [str(line[1][0]) for line in page_result]
+            scores = np.asarray([line[1][1] for line in page_result], dtype=np.float64)
+        except (TypeError, IndexError) as e:
+            raise ValueError(f"PaddleOCR 2.x result lines must be [polygon, (text, score)]: {e}") from None
+        boxes = quads_to_xywh(quads)
+    else:
+        raise ValueError(f"unrecognized PaddleOCR result of type {type(page_result).__name__}")
+    return PageOCR(width, height, *_drop_blank(words, boxes, scores))
+
+
+OCR_ENGINES = {"rapidocr": RapidOCREngine, "paddleocr": PaddleOCREngine}
+
+
+def build_ocr_engine(name: str = "rapidocr", **kwargs) -> OCREngine:
+    """The OCR engine called `name` ("rapidocr" or "paddleocr"), built with `kwargs`."""
+    if name not in OCR_ENGINES:
+        raise ValueError(f"unknown OCR engine {name!r}; choose from {sorted(OCR_ENGINES)}")
+    return OCR_ENGINES[name](**kwargs)
+
+
+# ------------------------------------------------------------------------- PDF
+
+
+@dataclass
+class PdfPage:
+    """A rendered PDF page, its OCR, and where the OCR came from ("text layer", "ocr" or "none")."""
+
+    image: np.ndarray
+    ocr: PageOCR
+    source: str
+
+
+def pdf_text_layer(page, dpi: float = 144) -> PageOCR:
+    """The text lines of a born-digital PDF page (a ``pymupdf.Page``) with boxes in pixels at `dpi`.
+
+    Exact text, no OCR: one word per PDF text line, ligatures expanded. Lines outside
+    the visible page are left out (they are not on the rendered image); the others
+    are clipped to it.
+    """
+    import pymupdf
+
+    zoom = pymupdf.Matrix(dpi / 72.0, dpi / 72.0)
+    page_box = (page.rect * zoom).irect  # the pixels of render_pdf_page's image
+    matrix = page.rotation_matrix * zoom  # text comes in points of the unrotated page
+    flags = pymupdf.TEXTFLAGS_TEXT & ~pymupdf.TEXT_PRESERVE_LIGATURES
+    words, boxes = [], []
+    for block in page.get_text("dict", flags=flags)["blocks"]:
+        for line in block.get("lines", ()):
+            text = "".join(span["text"] for span in line["spans"]).strip()
+            box = (pymupdf.Rect(line["bbox"]) * matrix) & page_box
+            if text and not box.is_empty:
+                words.append(text)
+                boxes.append([box.x0, box.y0, box.width, box.height])
+    return PageOCR(page_box.width, page_box.height, words, np.asarray(boxes).reshape(-1, 4))
+
+
+def render_pdf_page(page, dpi: float = 144) -> np.ndarray:
+    """A PDF page (``pymupdf.Page``) rendered at `dpi` as an RGB (H, W, 3) uint8 image."""
+    import pymupdf
+
+    zoom = pymupdf.Matrix(dpi / 72.0, dpi / 72.0)
+    pix = page.get_pixmap(matrix=zoom, colorspace=pymupdf.csRGB, alpha=False)
+    return np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.width, 3).copy()
+
+
+def read_pdf_page(page, dpi: float = 144, fallback: Optional[OCREngine] = None) -> PdfPage:
+    """Render a PDF page and read its text layer; a page without one is OCRed by `fallback`.
+
+    Without a `fallback` engine such a page gets an empty OCR (source "none").
+    """
+    image = render_pdf_page(page, dpi)
+    ocr = pdf_text_layer(page, dpi)
+    if len(ocr):
+        return PdfPage(image, ocr, "text layer")
+    if fallback is None:
+        return PdfPage(image, ocr, "none")
+    return PdfPage(image, fallback(image), "ocr")

@@ -1,0 +1,358 @@
+#!/usr/bin/env python
+"""OCR a folder of page images, or render PDFs, into OCR json files (one per page).
+
+    python tools/ocr.py --images data/cdla/train/images --out data/cdla/train/ocr --workers 2
+    python tools/ocr.py --pdf paper.pdf report.pdf --out data/mine/pages --dpi 144
+
+Images (png/jpg/jpeg/tif/tiff/bmp, any case) are found recursively; each gets
+``<out>/<relative dir>/<stem>.json``. A PDF page becomes ``<out>/<pdf stem>_p0001.png``
+(1-based page number) plus ``<out>/<pdf stem>_p0001.json`` from its text layer, or
+from OCR when the page has none.
+
+Pages whose json exists are skipped, so an interrupted run resumes where it stopped.
+``--shard K/N`` keeps the pages whose relative path hashes to K modulo N, a split
+that is the same on every machine. A page that fails is reported at the end and
+the exit status is 1; the other pages are done all the same.
+"""
+import argparse
+import hashlib
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from PIL import Image
+from tqdm import tqdm
+
+from detectron2.data.detection_utils import read_image
+from ditod.data.ocr import OCR_ENGINES, atomic_write, build_ocr_engine, read_pdf_page, save_ocr
+
+logger = logging.getLogger("ditod.tools.ocr")
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One page to OCR: an image file, or page `page` (0-based) of a PDF file."""
+
+    key: str  # path relative to the input root or output folder: names the page in reports and shards
+    source: Path
+    out_json: Path
+    page: Optional[int] = None
+    out_image: Optional[Path] = None  # where a rendered PDF page goes
+
+    def done(self) -> bool:
+        return self.out_json.exists() and (self.out_image is None or self.out_image.exists())
+
+
+@dataclass
+class PageResult:
+    key: str
+    error: Optional[str] = None
+    lines: int = 0
+    source: str = ""
+    stage_seconds: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    pages: int = 0  # pages done in this run
+    skipped: int = 0  # pages already done before this run
+    without_text: int = 0
+    seconds: float = 0.0
+    sources: Counter = field(default_factory=Counter)
+    stage_seconds: Dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    failures: List[Tuple[str, str]] = field(default_factory=list)
+
+    def report(self) -> str:
+        rate = self.pages / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"OCR: {self.pages} pages in {self.seconds:.1f} s ({rate:.2f} pages/s), "
+            f"{self.skipped} skipped (already done), {self.without_text} without text, "
+            f"{len(self.failures)} failed"
+        ]
+        if set(self.sources) - {"ocr"}:
+            lines.append("text from: " + ", ".join(f"{k} {v}" for k, v in sorted(self.sources.items())))
+        total = sum(self.stage_seconds.values())
+        if total > 0:
+            shares = sorted(self.stage_seconds.items(), key=lambda kv: -kv[1])
+            lines.append(
+                "time per stage (all workers): "
+                + ", ".join(f"{stage} {100 * s / total:.0f}% ({s:.1f} s)" for stage, s in shares)
+            )
+        if self.failures:
+            lines.append(f"failed ({len(self.failures)}):")
+            lines.extend(f"  {key}: {error}" for key, error in self.failures)
+        return "\n".join(lines)
+
+
+# -------------------------------------------------------------------- planning
+
+
+def in_shard(key: str, shard: Tuple[int, int]) -> bool:
+    """Whether `key` belongs to shard K of N: a hash that is the same in every process and machine."""
+    k, n = shard
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n == k
+
+
+def _check_unique_outputs(jobs: Sequence[Job]):
+    seen = {}
+    for job in jobs:
+        if job.out_json in seen:
+            raise SystemExit(
+                f"error: {seen[job.out_json]} and {job.key} would both write {job.out_json}; rename one"
+            )
+        seen[job.out_json] = job.key
+
+
+def image_jobs(images: Path, out: Path) -> List[Job]:
+    """Every image under `images` (recursively, sorted), with its json under `out`."""
+    images, out = Path(images), Path(out)
+    if not images.is_dir():
+        raise SystemExit(f"error: --images {images} is not a folder")
+    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    jobs = []
+    for path in files:
+        rel = path.relative_to(images)
+        jobs.append(Job(rel.as_posix(), path, (out / rel).with_suffix(".json")))
+    _check_unique_outputs(jobs)
+    return jobs
+
+
+def pdf_jobs(pdfs: Sequence[Path], out: Path) -> Tuple[List[Job], List[Tuple[str, str]]]:
+    """Every page of the PDFs, and the PDFs that cannot be opened (with the reason)."""
+    import pymupdf
+
+    jobs, failures = [], []
+    for pdf in map(Path, pdfs):
+        try:
+            with pymupdf.open(pdf) as doc:
+                if not doc.is_pdf:
+                    raise ValueError("not a PDF file")
+                num_pages = doc.page_count
+        except Exception as e:
+            failures.append((str(pdf), f"cannot open PDF: {e}"))
+            continue
+        for i in range(num_pages):
+            stem = f"{pdf.stem}_p{i + 1:04d}"
+            jobs.append(Job(f"{stem}.png", pdf, out / f"{stem}.json", i, out / f"{stem}.png"))
+    _check_unique_outputs(jobs)
+    return jobs, failures
+
+
+# ---------------------------------------------------------------------- workers
+
+# State of a worker process: its engine, built on first use, and the PDF it has open.
+_worker = {}
+
+
+def _init_worker(engine: str, engine_kwargs: dict, dpi: float):
+    _worker.clear()
+    _worker.update(engine_name=engine, engine_kwargs=engine_kwargs, dpi=dpi, engine=None, pdf=None)
+
+
+def _engine():
+    if _worker["engine"] is None:
+        _worker["engine"] = build_ocr_engine(_worker["engine_name"], **_worker["engine_kwargs"])
+    return _worker["engine"]
+
+
+def _open_pdf(path: Path):
+    import pymupdf
+
+    if _worker["pdf"] is None or _worker["pdf"].name != str(path):
+        if _worker["pdf"] is not None:
+            _worker["pdf"].close()
+        _worker["pdf"] = pymupdf.open(str(path))
+    return _worker["pdf"]
+
+
+def _run_engine(image, stages: Dict[str, float]):
+    engine = _engine()
+    before = dict(engine.stage_seconds)
+    ocr = engine(image)
+    stages.update({k: v - before.get(k, 0.0) for k, v in engine.stage_seconds.items()})
+    return ocr
+
+
+def _ocr_image(job: Job, stages: Dict[str, float]):
+    start = time.perf_counter()
+    try:
+        image = read_image(str(job.source), format="RGB")
+    except Exception as e:
+        raise ValueError(f"cannot read image: {e}") from None
+    stages["read image"] = time.perf_counter() - start
+    return _run_engine(image, stages), "ocr"
+
+
+def _ocr_pdf_page(job: Job, stages: Dict[str, float]):
+    start = time.perf_counter()
+    page = read_pdf_page(_open_pdf(job.source)[job.page], _worker["dpi"])
+    stages["render + text layer"] = time.perf_counter() - start
+    ocr, source = page.ocr, page.source
+    if not len(ocr):
+        ocr, source = _run_engine(page.image, stages), "ocr"
+    start = time.perf_counter()
+    with atomic_write(job.out_image) as f:
+        Image.fromarray(page.image).save(f, format="PNG")
+    stages["write"] = time.perf_counter() - start
+    return ocr, source
+
+
+def _process(job: Job) -> PageResult:
+    """OCR one page and write its files; any error is returned, never raised."""
+    stages = {}
+    try:
+        ocr, source = (_ocr_image if job.page is None else _ocr_pdf_page)(job, stages)
+        start = time.perf_counter()
+        save_ocr(job.out_json, ocr)
+        stages["write"] = stages.get("write", 0.0) + time.perf_counter() - start
+    except Exception as e:
+        return PageResult(job.key, error=f"{type(e).__name__}: {e}")
+    return PageResult(job.key, lines=len(ocr), source=source, stage_seconds=stages)
+
+
+def _pool_context():
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    # Workers fork from a clean server process (no threads of the parent inherited)
+    # that has imported the heavy modules once (ditod brings torch): no import per worker.
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["ditod.data.ocr", "detectron2.data.detection_utils"])
+    return context
+
+
+def _results_in_pool(jobs: Sequence[Job], workers: int, init_args: tuple):
+    """Yield each job's PageResult as workers finish them (at most 4 jobs queued per worker)."""
+    pending = {}
+    todo = iter(jobs)
+    context = _pool_context()
+    with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=init_args) as pool:
+        while True:
+            for job in todo:
+                pending[pool.submit(_process, job)] = job
+                if len(pending) >= 4 * workers:
+                    break
+            if not pending:
+                return
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = pending.pop(future)
+                try:
+                    yield future.result()
+                except Exception as e:  # the worker process died (killed, out of memory, crash)
+                    yield PageResult(job.key, error=f"worker process failed: {type(e).__name__}: {e}")
+
+
+def run_ocr(
+    jobs: Sequence[Job],
+    engine: str = "rapidocr",
+    workers: int = 1,
+    dpi: float = 144,
+    overwrite: bool = False,
+) -> RunSummary:
+    """OCR the pages of `jobs` that are not done yet, with `workers` processes.
+
+    Each worker builds its engine once; onnxruntime's threads are shared out so that
+    the workers together use the cores available to this process.
+    """
+    summary = RunSummary()
+    todo = [job for job in jobs if overwrite or not job.done()]
+    summary.skipped = len(jobs) - len(todo)
+    workers = max(1, min(workers, len(todo)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    init_args = (engine, {"threads": max(1, cores // workers)}, dpi)
+
+    start = time.perf_counter()
+    if workers == 1:
+        _init_worker(*init_args)
+        results = map(_process, todo)
+    else:
+        results = _results_in_pool(todo, workers, init_args)
+    for result in tqdm(results, total=len(todo), desc="OCR", unit="page", disable=not todo):
+        if result.error:
+            summary.failures.append((result.key, result.error))
+            tqdm.write(f"failed: {result.key}: {result.error}", file=sys.stderr)
+            continue
+        summary.pages += 1
+        summary.without_text += result.lines == 0
+        summary.sources[result.source] += 1
+        for stage, seconds in result.stage_seconds.items():
+            summary.stage_seconds[stage] += seconds
+    summary.seconds = time.perf_counter() - start
+    summary.failures.sort()
+    return summary
+
+
+# ------------------------------------------------------------------------- CLI
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like K/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--images", type=Path, help="folder of page images, searched recursively")
+    inputs.add_argument(
+        "--pdf", type=Path, nargs="+", help="PDF files: pages rendered to PNG plus text-layer OCR"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--engine", default="rapidocr", choices=sorted(OCR_ENGINES),
+        help="OCR engine (for --pdf: used only on pages without a text layer)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument(
+        "--shard", type=parse_shard, default=(0, 1), metavar="K/N", help="do only shard K of N (0-based)"
+    )
+    parser.add_argument("--dpi", type=float, default=144, help="resolution of rendered PDF pages (default 144)")
+    parser.add_argument("--overwrite", action="store_true", help="redo pages whose json already exists")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    if args.workers < 1:
+        raise SystemExit("error: --workers must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    failures = []
+    if args.images is not None:
+        jobs = image_jobs(args.images, args.out)
+    else:
+        jobs, failures = pdf_jobs(args.pdf, args.out)
+    total = len(jobs)
+    jobs = [job for job in jobs if in_shard(job.key, args.shard)]
+    logger.info(
+        f"{len(jobs)} pages (shard {args.shard[0]}/{args.shard[1]} of {total}), "
+        f"engine {args.engine}, {args.workers} workers -> {args.out}"
+    )
+
+    summary = run_ocr(
+        jobs, engine=args.engine, workers=args.workers, dpi=args.dpi, overwrite=args.overwrite
+    )
+    summary.failures = sorted(failures + summary.failures)
+    print(summary.report())
+    return 1 if summary.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
