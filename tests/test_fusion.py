@@ -119,7 +119,8 @@ def test_gated_fusion_starts_close_to_visual_and_learns_from_text():
     assert torch.allclose(out, gate * visual + (1 - gate) * text, atol=1e-6)
     assert (out - visual).abs().max() < 0.1 * visual.abs().max()
     out.sum().backward()
-    assert fusion.gate.weight.grad.abs().sum() > 0
+    assert fusion.gate_visual.weight.grad.abs().sum() > 0
+    assert fusion.gate_text.weight.grad.abs().sum() > 0
     assert feats.grad.abs().sum() > 0
 
 

@@ -46,7 +46,8 @@ def test_text_model_trains_and_gradients_reach_gate_embeddings_and_transformer()
     bottom_up = model.backbone.bottom_up
     lm = bottom_up.layoutlmv3
     for name, param in [
-        ("gate", bottom_up.text_fusion["layer0"].gate.weight),
+        ("visual gate", bottom_up.text_fusion["layer0"].gate_visual.weight),
+        ("text gate", bottom_up.text_fusion["layer1"].gate_text.weight),
         ("text projection", bottom_up.text_fusion["layer3"].text_proj.weight),
         ("word embeddings", lm.embeddings.word_embeddings.weight),
         ("layout embeddings", lm.embeddings.x_position_embeddings.weight),

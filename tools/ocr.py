@@ -23,6 +23,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -238,7 +239,11 @@ def _results_in_pool(jobs: Sequence[Job], workers: int, init_args: tuple):
     with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=init_args) as pool:
         while True:
             for job in todo:
-                pending[pool.submit(_process, job)] = job
+                try:
+                    pending[pool.submit(_process, job)] = job
+                except BrokenProcessPool as e:  # a worker died earlier: nothing more can run
+                    yield PageResult(job.key, error=f"not run (rerun to resume): {e}")
+                    continue
                 if len(pending) >= 4 * workers:
                     break
             if not pending:

@@ -1,13 +1,15 @@
 """Text features painted onto a feature map, and the modules that mix them in.
 
 `paint_tokens` turns per-token features into a (B, C, H, W) map by adding each
-token's feature to every grid cell its box covers, with 2D prefix sums: four
-corner updates per token (a scatter, O(T*C)) and two cumulative sums over the
-grid (O(H*W*C)). No Python loop over tokens, no device-to-host copy.
+token's feature to every grid cell its box covers. Both directions are integral
+images: forward scatters four signed corner updates per token into a difference
+array (O(T*C)) and takes two cumulative sums over the grid (O(H*W*C)); backward
+takes the integral image of the incoming gradient and reads each token's box sum
+from four corners. No Python loop over tokens, no device-to-host copy, and the
+large buffers are summed in place (fresh allocations are what costs on CPU).
 """
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 __all__ = ["paint_tokens", "token_cell_ranges", "TextFusion", "build_text_fusion"]
 
@@ -34,21 +36,50 @@ def token_cell_ranges(token_boxes, grid, stride):
     return x0, y0, x1, y1
 
 
-def _box_sum(values, x0, y0, x1, y1, grid):
-    """Sum of `values` (B, T, C) over the inclusive cell ranges, as (B, H, W, C)."""
-    batch, num_tokens, channels = values.shape
-    height, width = grid
-    # Corner updates of a 2D difference array with one spare row and column.
+def _corner_index(x0, y0, x1, y1, width):
+    """Flat positions, in a (H + 1) x (W + 1) grid, of the corners (y0, x0), (y0, x1 + 1),
+    (y1 + 1, x0), (y1 + 1, x1 + 1) of each range, as (B, 4T), and their signs."""
     rows = torch.stack([y0, y0, y1 + 1, y1 + 1], dim=-1)
     cols = torch.stack([x0, x1 + 1, x0, x1 + 1], dim=-1)
-    signs = values.new_tensor([1.0, -1.0, -1.0, 1.0])
-    image = torch.arange(batch, device=values.device).view(batch, 1, 1)
-    flat_index = ((image * (height + 1) + rows) * (width + 1) + cols).reshape(-1)
-    corner_values = (values.unsqueeze(2) * signs.view(1, 1, 4, 1)).reshape(-1, channels)
-    diff = values.new_zeros(batch * (height + 1) * (width + 1), channels)
-    diff = diff.index_add(0, flat_index, corner_values)
-    diff = diff.view(batch, height + 1, width + 1, channels)
-    return diff.cumsum(1).cumsum(2)[:, :height, :width]
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0], device=x0.device)
+    return (rows * (width + 1) + cols).flatten(1), signs
+
+
+def _paint_sum(values, corners, signs, grid):
+    """Sum of each token's `values` (B, T, C) over its cells, as a (B, C, H, W) view."""
+    batch, num_tokens, channels = values.shape
+    height, width = grid
+    updates = (values.unsqueeze(2) * signs.view(1, 1, 4, 1).to(values.dtype)).flatten(1, 2)
+    diff = values.new_zeros(batch, channels, (height + 1) * (width + 1))
+    diff.scatter_add_(2, corners.unsqueeze(1).expand(-1, channels, -1), updates.transpose(1, 2))
+    return diff.view(batch, channels, height + 1, width + 1).cumsum_(2).cumsum_(3)[..., :height, :width]
+
+
+def _box_sums(maps, corners, signs):
+    """For each token, the sum of `maps` (B, C, H, W) over its cells, as (B, T, C)."""
+    batch, channels, height, width = maps.shape
+    integral = maps.new_zeros(batch, channels, height + 1, width + 1)
+    integral[..., 1:, 1:] = maps
+    integral.cumsum_(2).cumsum_(3)
+    # integral[y, x] sums rows < y and columns < x, so a box's sum is the signed sum of
+    # the integral at the same four corners the forward pass scattered to.
+    cells = integral.flatten(2).gather(2, corners.unsqueeze(1).expand(-1, channels, -1))
+    cells = cells.view(batch, channels, -1, 4)
+    return (cells * signs.to(cells.dtype)).sum(-1).transpose(1, 2)
+
+
+class _PaintTokens(torch.autograd.Function):
+    """out = scale * (sum of each token's values over its cells); gradients for values."""
+
+    @staticmethod
+    def forward(ctx, values, corners, signs, scale, grid):
+        ctx.save_for_backward(corners, signs, scale)
+        return _paint_sum(values, corners, signs, grid) * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        corners, signs, scale = ctx.saved_tensors
+        return _box_sums(grad_out * scale, corners, signs), None, None, None, None
 
 
 def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
@@ -69,20 +100,20 @@ def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
     """
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    keep = mask.bool().unsqueeze(-1)
-    # Prefix sums accumulate in at least float32, whatever the autocast dtype.
-    feats = torch.where(keep, token_feats, 0)
-    feats = feats.to(torch.promote_types(feats.dtype, torch.float32))
+    keep = mask.bool()
+    # Sums accumulate in at least float32, whatever the autocast dtype.
+    dtype = torch.promote_types(token_feats.dtype, torch.float32)
+    values = torch.where(keep.unsqueeze(-1), token_feats, 0).to(dtype)
     x0, y0, x1, y1 = token_cell_ranges(token_boxes, grid, stride)
-    # The token count rides along as one more channel of the same prefix sum; counts
-    # are small integers, exact in float32, so empty cells are found exactly and set
-    # to 0 (the float sums there can hold rounding residue).
-    summed = _box_sum(torch.cat([feats, keep.to(feats.dtype)], dim=-1), x0, y0, x1, y1, grid)
-    summed, count = summed[..., :-1], summed[..., -1:].round()
+    corners, signs = _corner_index(x0, y0, x1, y1, grid[1])
+    # Tokens per cell: small integers, exact in floating point, so empty cells are found
+    # exactly and forced to 0 (the painted sums there can hold rounding residue).
+    count = _paint_sum(keep.to(dtype).unsqueeze(-1), corners, signs, grid).round()
     if reduce == "mean":
-        summed = summed / count.clamp(min=1)
-    summed = torch.where(count > 0, summed, 0)
-    return summed.permute(0, 3, 1, 2).to(token_feats.dtype)
+        scale = torch.where(count > 0, 1 / count.clamp(min=1), 0)
+    else:
+        scale = (count > 0).to(dtype)
+    return _PaintTokens.apply(values, corners, signs, scale, tuple(grid)).to(token_feats.dtype)
 
 
 class TextFusion(nn.Module):
@@ -93,11 +124,15 @@ class TextFusion(nn.Module):
     T tokens, not on H*W cells) so that text can enter the visual feature space of
     that level, then painted onto the level's grid.
 
-    mode "gated": g = sigmoid(conv3x3([visual; text])) per pixel and channel, computed
-    by a grouped convolution that sees each channel's visual and text values in a 3x3
-    neighbourhood; out = g * visual + (1 - g) * text. The conv starts at zero and its
-    bias at `gate_bias_init`, so g starts at sigmoid(gate_bias_init) everywhere and the
-    output starts close to the visual features.
+    mode "gated": g = sigmoid(conv3x3([visual; text])) per pixel and channel, where
+    gate channel c sees visual and text channel c in a 3x3 neighbourhood (a conv with
+    one group per channel: a full 2C -> C conv would cost more than the transformer at
+    stride 4). It is computed as the sum of two depthwise convs, one over visual with
+    the bias and one over text: the same function, without the interleaved 2C-channel
+    input whose grouped-conv backward is very slow on CPU. out = g * visual +
+    (1 - g) * text. The convs start at zero and the bias at `gate_bias_init`, so g
+    starts at sigmoid(gate_bias_init) everywhere and the output starts close to the
+    visual features.
     mode "add": out = visual + text, with the projection starting at zero (so the
     output starts equal to the visual features).
     """
@@ -116,9 +151,11 @@ class TextFusion(nn.Module):
             nn.init.normal_(self.text_proj.weight, std=0.02)
         nn.init.zeros_(self.text_proj.bias)
         if mode == "gated":
-            self.gate = nn.Conv2d(2 * channels, channels, kernel_size=3, padding=1, groups=channels)
-            nn.init.zeros_(self.gate.weight)
-            nn.init.constant_(self.gate.bias, gate_bias_init)
+            self.gate_visual = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels)
+            self.gate_text = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=False)
+            nn.init.zeros_(self.gate_visual.weight)
+            nn.init.zeros_(self.gate_text.weight)
+            nn.init.constant_(self.gate_visual.bias, gate_bias_init)
 
     def forward(self, visual, token_feats, token_boxes, mask):
         text = paint_tokens(
@@ -126,10 +163,9 @@ class TextFusion(nn.Module):
         ).to(visual.dtype)
         if self.mode == "add":
             return visual + text
-        # Interleave channels as (v0, t0, v1, t1, ...) so group c sees visual and text channel c.
-        pairs = torch.stack([visual, text], dim=2).flatten(1, 2)
-        g = torch.sigmoid(self.gate(pairs))
-        return g * visual + (1 - g) * text
+        g = self.gate_visual(visual).add_(self.gate_text(text)).sigmoid_()
+        # g * visual + (1 - g) * text in one kernel.
+        return torch.lerp(text, visual, g)
 
 
 def build_text_fusion(cfg, channels, strides):
