@@ -1,0 +1,177 @@
+"""tools/train_net.py as a user runs it: training with text, --eval-only COCO metrics,
+two CPU processes (GLOO DDP), dataset errors."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_TEXT_CONFIG
+from ditod.data import train_tokenizer
+from ditod.data.ocr import load_ocr
+from ditod.data.synthetic import CATEGORIES, SyntheticOptions, generate_split
+
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+# Smaller pages than the tiny config's 320 px, to keep the runs short.
+SMALL = ["INPUT.MIN_SIZE_TRAIN", "(192,)", "INPUT.MAX_SIZE_TRAIN", "320", "INPUT.MIN_SIZE_TEST", "192",
+         "INPUT.MAX_SIZE_TEST", "320"]  # fmt: skip
+
+
+def run_train_net(*args, cwd):
+    # One torch thread per process: on a small shared machine a second thread mostly
+    # waits for a core (and two processes already fill two cores).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, TRAIN_NET, *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def check(result):
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Synthetic train (4 pages) and val (2 pages) splits with OCR, a tokenizer, and the
+    --dataset / config arguments that use them."""
+    root = tmp_path_factory.mktemp("train_net")
+    for split, pages in (("train", 4), ("val", 2)):
+        generate_split(str(root), split, pages, seed=1, options=SyntheticOptions(height=400))
+    lines = [line for path in sorted((root / "train" / "ocr").glob("*.json")) for line in load_ocr(path).words]
+    train_tokenizer(lines, str(root / "tokenizer"), vocab_size=400)
+    datasets = [
+        "--dataset", f"pages_train={root}/train.json:{root}/train/images:{root}/train/ocr",
+        "--dataset", f"pages_val={root}/val.json:{root}/val/images",
+    ]  # fmt: skip
+    opts = [
+        "MODEL.VIT.TOKENIZER", root / "tokenizer",
+        "DATASETS.TRAIN", '("pages_train",)', "DATASETS.TEST", '("pages_val",)', *SMALL,
+    ]  # fmt: skip
+    return root, datasets, opts
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    """Three iterations with text, evaluated after iteration 2 and at the end."""
+    root, datasets, opts = data
+    output = root / "trained"
+    result = check(
+        run_train_net(
+            "--config-file", TINY_TEXT_CONFIG, *datasets, *opts, "OUTPUT_DIR", output,
+            "SOLVER.MAX_ITER", 3, "TEST.EVAL_PERIOD", 2, cwd=root,
+        )  # fmt: skip
+    )
+    return output, result
+
+
+@pytest.mark.slow
+def test_training_writes_checkpoints_metrics_and_events(trained):
+    output, _ = trained
+    for name in ("model_final.pth", "model_best.pth", "last_checkpoint", "config.yaml"):
+        assert (output / name).is_file(), name
+    assert list(output.glob("events.out.tfevents.*"))
+    # detectron2 writes the training metrics every 20 iterations and at the end.
+    records = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
+    losses = [r for r in records if "total_loss" in r]
+    assert [r["iteration"] for r in losses] == [2]
+    assert losses[0]["total_loss"] > 0 and "lr" in losses[0] and "loss_cls_stage2" in losses[0]
+    # Evaluated after iteration 2 (0-based 1; BestCheckpointer then saved model_best)
+    # and after training.
+    assert [r["iteration"] for r in records if "bbox/AP" in r] == [1, 3]
+    assert "Saved first model at" in (output / "log.txt").read_text()
+    checkpoint = torch.load(output / "model_final.pth", weights_only=True)
+    assert checkpoint["iteration"] == 2
+    assert any("text_fusion" in key for key in checkpoint["model"])
+    assert (output / "inference" / "pages_val" / "coco_instances_results.json").is_file()
+
+
+@pytest.mark.slow
+def test_eval_only_writes_coco_results_and_metrics(data, trained):
+    root, datasets, opts = data
+    weights, _ = trained
+    output = root / "evaluated"
+    result = check(
+        run_train_net(
+            "--config-file", TINY_TEXT_CONFIG, "--eval-only", *datasets, *opts,
+            "MODEL.WEIGHTS", weights / "model_final.pth", "OUTPUT_DIR", output, cwd=root,
+        )  # fmt: skip
+    )
+    folder = output / "inference" / "pages_val"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["dataset"] == "pages_val"
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert key in metrics and (metrics[key] is None or 0 <= metrics[key] <= 100), key
+    assert list(metrics["per_class_AP"]) == list(CATEGORIES)
+    detections = json.loads((folder / "coco_instances_results.json").read_text())
+    assert detections, "the model found nothing at all"
+    image_ids = {image["id"] for image in json.loads((root / "val.json").read_text())["images"]}
+    for detection in detections:
+        assert detection["image_id"] in image_ids and 1 <= detection["category_id"] <= len(CATEGORIES)
+        assert len(detection["bbox"]) == 4 and 0 <= detection["score"] <= 1
+    log = result.stdout + result.stderr
+    assert "Per-category bbox AP" in log and "Figure caption" in log
+    assert not list(output.glob("model_*.pth"))
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dataset_argument():
+    train_net = load_tool()
+    assert train_net.dataset_spec("docs=a/train.json:a/images") == ("docs", "a/train.json", "a/images", None)
+    assert train_net.dataset_spec("docs=t.json:img:ocr") == ("docs", "t.json", "img", "ocr")
+    args = train_net.parse_args(["--dataset", "a=1.json:i", "--dataset", "b=2.json:j:o", "SOLVER.MAX_ITER", "5"])
+    assert args.dataset == [("a", "1.json", "i", None), ("b", "2.json", "j", "o")]
+    assert args.opts == ["SOLVER.MAX_ITER", "5"]
+    for bad in ("docs", "docs=only.json", "=t.json:img", "docs=t.json:img:ocr:extra"):
+        with pytest.raises(SystemExit):
+            train_net.parse_args(["--dataset", bad])
+
+
+@pytest.mark.slow
+def test_unknown_dataset_or_missing_json_is_a_clear_error(data):
+    root, datasets, opts = data
+    result = run_train_net(
+        "--config-file", TINY_TEXT_CONFIG, *datasets, "--dataset", f"pages_gone={root}/gone.json:{root}", *opts,
+        "DATASETS.TEST", '("pages_test", "pages_gone")', cwd=root,
+    )  # fmt: skip
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert "DATASETS.TEST names 'pages_test', which is not registered" in error
+    assert f"{root}/gone.json does not exist" in error
+    assert "pages_train" in error and "pages_val" in error and "publaynet_train" in error
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "mode",
+    [
+        # Text fusion on, two micro-batches per step (DDP no_sync on the first).
+        ["SOLVER.IMS_PER_BATCH", 4, "SOLVER.GRADIENT_ACCUMULATION_STEPS", 2],
+        ["MODEL.IMAGE_ONLY", True],
+    ],
+    ids=["text-accumulation", "image-only"],
+)
+def test_two_cpu_processes(data, mode, tmp_path):
+    root, datasets, opts = data
+    # Two iterations: DDP reports parameters without gradient at the step after.
+    result = check(
+        run_train_net(
+            "--config-file", TINY_TEXT_CONFIG, "--num-gpus", 2, "--dist-url", "auto", *datasets, *opts,
+            "DATASETS.TEST", "()", "SOLVER.MAX_ITER", 2, "OUTPUT_DIR", tmp_path, *mode, cwd=root,
+        )  # fmt: skip
+    )
+    log = (tmp_path / "log.txt").read_text()
+    assert "World size: 2" in log
+    last = json.loads((tmp_path / "metrics.json").read_text().splitlines()[-1])
+    assert last["iteration"] == 1 and last["total_loss"] > 0
+    model = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+    assert any("text_fusion" in key for key in model) == ("MODEL.IMAGE_ONLY" not in mode)

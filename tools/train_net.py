@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""
+Train or evaluate a ditod layout detector: detectron2's train_net.py for ditod.
+
+    python tools/train_net.py --config-file configs/publaynet/cascade_layoutlmv3_text.yaml --num-gpus 4
+    python tools/train_net.py --config-file ... --resume                 # continue from last_checkpoint
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config-file ... \\
+        --dataset mydocs_train=train.json:train/images:train/ocr --dataset mydocs_val=val.json:val/images \\
+        DATASETS.TRAIN '("mydocs_train",)' DATASETS.TEST '("mydocs_val",)' MODEL.ROI_HEADS.NUM_CLASSES 5
+
+Training writes checkpoints (model_final.pth, model_best.pth with TEST.EVAL_PERIOD),
+metrics.json and tensorboard events to OUTPUT_DIR. Evaluation writes, per dataset of
+DATASETS.TEST, OUTPUT_DIR/inference/<dataset>/coco_instances_results.json and
+metrics.json (COCO bbox AP, AP50, AP75, APs/m/l, per-class AP). `--num-gpus N` without
+GPUs runs N processes on the CPU (GLOO).
+"""
+import argparse
+import os
+import sys
+
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+from ditod import add_vit_config
+from ditod.data import register_from_config, register_vl_coco
+from ditod.engine import VLDetectionCheckpointer, VLTrainer, check_datasets
+
+
+def dataset_spec(text):
+    """--dataset NAME=JSON:IMAGE_ROOT[:OCR_ROOT] as (name, json, image_root, ocr_root or None)."""
+    name, equals, paths = text.partition("=")
+    parts = paths.split(":")
+    if not (equals and name and len(parts) in (2, 3) and parts[0] and parts[1]):
+        raise argparse.ArgumentTypeError(f"expected NAME=JSON:IMAGE_ROOT[:OCR_ROOT], got {text!r}")
+    return name, parts[0], parts[1], (parts[2] if len(parts) == 3 else "") or None
+
+
+def setup(args):
+    """The frozen config of `args`, with its datasets registered and checked."""
+    cfg = get_cfg()
+    add_vit_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    register_from_config(cfg)
+    for spec in args.dataset:
+        register_vl_coco(*spec)
+    check_datasets(cfg)
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
+        raise ValueError("--eval-only evaluates MODEL.WEIGHTS: add MODEL.WEIGHTS path/to/model.pth")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = VLTrainer.build_model(cfg)
+        VLDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return VLTrainer.test(cfg, model)
+    trainer = VLTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--dataset",
+        type=dataset_spec,
+        action="append",
+        default=[],
+        metavar="NAME=JSON:IMAGE_ROOT[:OCR_ROOT]",
+        help="register a COCO dataset whose OCR jsons are under OCR_ROOT (default IMAGE_ROOT/../ocr); repeatable",
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    try:
+        cfg = setup(args)  # fail on a bad config or dataset before any process starts
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"train_net.py: error: {e.args[0] if isinstance(e, KeyError) else e}")
+    if cfg.MODEL.DEVICE == "cpu":
+        # launch picks NCCL whenever it sees a GPU; CPU processes need GLOO.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
