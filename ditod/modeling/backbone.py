@@ -122,7 +122,23 @@ def build_layoutlmv3_model(cfg, tokenizer=None):
         model = LayoutLMv3Model.from_pretrained(pretrained, config=config, attn_implementation=attention)
     else:
         model = LayoutLMv3Model._from_config(config, attn_implementation=attention)
+        # transformers starts pos_embed at zero (it expects pretrained weights); a model
+        # trained from scratch learns much faster when patches know where they are.
+        with torch.no_grad():
+            model.pos_embed[:, 1:] = sincos_position_embeddings(model.patch_embed.patch_shape, config.hidden_size)
     return model
+
+
+def sincos_position_embeddings(grid, channels):
+    """2D sine-cosine position embeddings (MAE), (H*W, channels): a quarter of the
+    channels each for sin(y), cos(y), sin(x), cos(x) at geometric frequencies."""
+    quarter = channels // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    y, x = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    angles_y = y.reshape(-1, 1) * frequencies
+    angles_x = x.reshape(-1, 1) * frequencies
+    table = torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)
+    return torch.nn.functional.pad(table, (0, channels - 4 * quarter)).float()
 
 
 class LayoutLMv3Backbone(Backbone):

@@ -1,0 +1,509 @@
+#!/usr/bin/env python
+"""
+Speed and memory of ditod: painting, a training step of the base model, the data
+mapper, OCR and inference. Writes bench/results/perf.json and perf.md.
+
+    python tools/bench.py                       # every section, on the CPU
+    python tools/bench.py --sections paint step --device cuda
+    python tools/bench.py --quick               # fewer repeats and smaller loop budget
+
+Sections (each figure is the median of --repeats runs; ratios are measured in the same
+run, since these machines are shared and noisy):
+  paint  paint_tokens forward + backward on strides 4/8/16/32 of an 800x608 page
+         (510 line-box tokens, C=768, batch 2) against the per-token loop of the
+         research code (each box to the host, then a slice add), which gets a time
+         budget per stride and is reported as "> budget" when it runs out.
+  step   forward + backward of the base model (hidden 768, 12 layers) at 800x608,
+         batch 2, 510 tokens, text fusion on all four levels: text vs image-only,
+         sdpa vs eager attention, gradient checkpointing; each in its own process for
+         its peak memory (CPU: peak RSS, GPU: max allocated). The fusion share is the
+         fusion modules' forward + backward at the same shapes over the text step.
+  data   VLDatasetMapper pages/s in one process on the shared PubLayNet pages (OCR
+         jsons cached), with text vs image-only, training augmentations of the recipe.
+  ocr    tools/ocr.py pages/s on the shared PubLayNet pages with 1 and 2 workers, and
+         the share of time per stage.
+  infer  seconds per page of tools/infer.py's detector (OCR and model separately)
+         for the tiny and the base model.
+
+Results of the sections run now replace those of earlier runs for the same device;
+the others are kept, so CPU and GPU figures accumulate in one file.
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "data" / "publaynet-samples"
+CACHE = REPO / "bench" / "cache"
+BATCH, TOKENS, CHANNELS, PAGE = 2, 510, 768, (800, 608)
+STRIDES = (4, 8, 16, 32)
+LEVELS = ["layer3", "layer5", "layer7", "layer11"]
+
+
+def load_tool(name):
+    """A module of tools/ (not a package) by file name."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def median_time(function, repeats, device, warmup=1):
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        function()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def line_boxes(generator, batch=BATCH, tokens=TOKENS, page=PAGE):
+    """Line-shaped token boxes (100-280 x 10-14 px) spread over the page."""
+    height, width = page
+    x0 = torch.rand(batch, tokens, generator=generator) * (width - 300)
+    y0 = torch.rand(batch, tokens, generator=generator) * (height - 20)
+    size = torch.stack(
+        [100 + torch.rand(batch, tokens, generator=generator) * 180, 10 + torch.rand(batch, tokens, generator=generator) * 4],
+        dim=-1,
+    )
+    xy = torch.stack([x0, y0], dim=-1)
+    return torch.cat([xy, xy + size], dim=-1)
+
+
+# ----------------------------------------------------------------------------- paint
+def loop_paint(feats, boxes, mask, grid, stride):
+    """The research code's painting: a Python loop over tokens, each box to the host."""
+    out = feats.new_zeros(feats.shape[0], feats.shape[2], *grid)
+    for b in range(feats.shape[0]):
+        for t in range(feats.shape[1]):
+            if mask[b, t]:
+                x0, y0, x1, y1 = boxes[b, t].tolist()
+                c0, r0 = int(x0 // stride), int(y0 // stride)
+                c1, r1 = max(c0, math.ceil(x1 / stride) - 1), max(r0, math.ceil(y1 / stride) - 1)
+                out[b, :, r0 : r1 + 1, c0 : c1 + 1] += feats[b, t, :, None, None]
+    return out
+
+
+def paint_case(device, stride=None):
+    generator = torch.Generator().manual_seed(0)
+    boxes = line_boxes(generator).to(device)
+    mask = torch.ones(BATCH, TOKENS, device=device)
+    feats = torch.randn(BATCH, TOKENS, CHANNELS, generator=generator).to(device).requires_grad_(True)
+    strides = STRIDES if stride is None else (stride,)
+    return feats, boxes, mask, [((PAGE[0] // s, PAGE[1] // s), s) for s in strides]
+
+
+def paint_step(paint, feats, boxes, mask, levels):
+    feats.grad = None
+    total = sum(paint(feats, boxes, mask, grid, stride).sum() for grid, stride in levels)
+    total.backward()
+
+
+def loop_worker(device, stride):
+    feats, boxes, mask, levels = paint_case(device, stride)
+    seconds = median_time(lambda: paint_step(loop_paint, feats, boxes, mask, levels), 1, device, warmup=0)
+    print(json.dumps({"seconds": seconds}))
+
+
+def bench_paint(args):
+    from ditod.modeling.fusion import paint_tokens
+
+    results = {"shape": f"batch {BATCH}, {TOKENS} tokens, C={CHANNELS}, page {PAGE[0]}x{PAGE[1]}", "strides": {}}
+    total_ours, total_loop, loop_complete = 0.0, 0.0, True
+    for stride in STRIDES:
+        feats, boxes, mask, levels = paint_case(args.device, stride)
+        ours = median_time(lambda: paint_step(paint_tokens, feats, boxes, mask, levels), args.repeats, args.device)
+        command = [sys.executable, __file__, "--loop-worker", str(stride), "--device", args.device]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=args.loop_budget, check=True)
+            loop, complete = json.loads(done.stdout.strip().splitlines()[-1])["seconds"], True
+        except subprocess.TimeoutExpired:
+            loop, complete = float(args.loop_budget), False
+        total_ours += ours
+        total_loop += loop
+        loop_complete &= complete
+        results["strides"][str(stride)] = {
+            "vectorized_s": ours,
+            "loop_s": loop,
+            "loop_complete": complete,
+            "speedup": loop / ours,
+        }
+        log(f"paint stride {stride}: vectorized {ours:.4f} s, loop {'' if complete else '> '}{loop:.2f} s")
+    results["all_levels"] = {
+        "vectorized_s": total_ours,
+        "loop_s": total_loop,
+        "loop_complete": loop_complete,
+        "speedup": total_loop / total_ours,
+    }
+    results["loop_budget_s"] = args.loop_budget
+    return results
+
+
+# ----------------------------------------------------------------------------- step
+STEP_CONFIGS = {
+    "text": {},
+    "image_only": {"MODEL.IMAGE_ONLY": True},
+    "text_eager": {"MODEL.VIT.ATTENTION": "eager"},
+    "image_only_eager": {"MODEL.IMAGE_ONLY": True, "MODEL.VIT.ATTENTION": "eager"},
+    "text_grad_checkpoint": {"MODEL.VIT.GRAD_CHECKPOINT": True},
+}
+
+
+def base_cfg(overrides, device):
+    from detectron2.config import get_cfg
+
+    from ditod import add_vit_config
+
+    cfg = get_cfg()
+    add_vit_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs" / "Base-Cascade-LayoutLMv3.yaml"))
+    # Architecture of layoutlmv3-base, built from size keys (no hub here).
+    cfg.MODEL.VIT.PRETRAINED = ""
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 10
+    cfg.MODEL.DEVICE = device
+    for key, value in overrides.items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+def synthetic_batch(image_only, device, seed=0):
+    from detectron2.structures import Boxes, Instances
+
+    generator = torch.Generator().manual_seed(seed)
+    boxes = line_boxes(generator)
+    batch = []
+    for i in range(BATCH):
+        instances = Instances(PAGE)
+        instances.gt_boxes = Boxes(torch.tensor([[50.0, 40, 560, 90], [50, 110, 290, 700], [310, 110, 560, 420], [310, 440, 560, 760]]))
+        instances.gt_classes = torch.tensor([1, 0, 4, 2])
+        record = {"image": torch.randint(0, 256, (3, *PAGE), dtype=torch.uint8, generator=generator), "instances": instances}
+        if not image_only:
+            record["input_ids"] = torch.randint(5, 50000, (TOKENS,), generator=generator)
+            record["token_boxes"] = boxes[i]
+        batch.append(record)
+    return batch
+
+
+def peak_memory_mb(device):
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def fusion_seconds(model, device, repeats):
+    """Forward + backward of the fusion modules alone, at the shapes of the step."""
+    bottom_up = model.backbone.bottom_up
+    generator = torch.Generator().manual_seed(1)
+    boxes = line_boxes(generator).to(device)
+    mask = torch.ones(BATCH, TOKENS, device=device)
+    feats = torch.randn(BATCH, TOKENS, CHANNELS, generator=generator).to(device).requires_grad_(True)
+    visual = {
+        name: torch.randn(BATCH, CHANNELS, PAGE[0] // s, PAGE[1] // s, generator=generator).to(device).requires_grad_(True)
+        for name, s in zip(LEVELS, STRIDES)
+    }
+
+    def run():
+        total = sum(fusion(visual[name], feats, boxes, mask).sum() for name, fusion in bottom_up.text_fusion.items())
+        total.backward()
+
+    return median_time(run, repeats, device)
+
+
+def step_worker(name, device, repeats):
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+
+    overrides = STEP_CONFIGS[name]
+    model = build_model(base_cfg(overrides, device)).train()
+    batch = synthetic_batch(overrides.get("MODEL.IMAGE_ONLY", False), device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        sum(model(batch).values()).backward()
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with EventStorage(0):
+        seconds = median_time(step, repeats, device)
+    result = {"step_s": seconds, "peak_memory_mb": peak_memory_mb(device)}
+    if name == "text":
+        result["fusion_s"] = fusion_seconds(model, device, repeats)
+    print(json.dumps(result))
+
+
+def bench_step(args):
+    results = {"shape": f"base model, batch {BATCH}, {PAGE[0]}x{PAGE[1]}, {TOKENS} tokens, fusion on 4 levels"}
+    for name in STEP_CONFIGS:
+        command = [sys.executable, __file__, "--step-worker", name, "--device", args.device, "--repeats", str(args.repeats)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"step {name} failed:\n{done.stderr[-3000:]}")
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        log(f"step {name}: {results[name]}")
+    text, image = results["text"], results["image_only"]
+    results["ratios"] = {
+        "text_over_image_only_time": text["step_s"] / image["step_s"],
+        "fusion_share_of_text_step": text["fusion_s"] / text["step_s"],
+        "eager_over_sdpa_time_text": results["text_eager"]["step_s"] / text["step_s"],
+        "eager_over_sdpa_time_image_only": results["image_only_eager"]["step_s"] / image["step_s"],
+        "sdpa_over_eager_memory_text": text["peak_memory_mb"] / results["text_eager"]["peak_memory_mb"],
+        "checkpoint_over_plain_time": results["text_grad_checkpoint"]["step_s"] / text["step_s"],
+        "checkpoint_over_plain_memory": results["text_grad_checkpoint"]["peak_memory_mb"] / text["peak_memory_mb"],
+    }
+    return results
+
+
+# ----------------------------------------------------------------------------- OCR cache
+def publaynet_ocr(workers=2):
+    """OCR jsons of the shared PubLayNet pages, made once with tools/ocr.py and cached."""
+    out = CACHE / "publaynet-ocr"
+    ocr_tool = load_tool("ocr")
+    summary = ocr_tool.run_ocr(ocr_tool.image_jobs(SAMPLES, out), workers=workers)
+    if summary.failures:
+        raise RuntimeError(f"OCR of the PubLayNet samples failed: {summary.failures}")
+    return out
+
+
+def bench_ocr(args):
+    ocr_tool = load_tool("ocr")
+    results = {"pages": len(list(SAMPLES.glob("*.jpg")))}
+    for workers in (1, 2):
+        runs = []
+        for _ in range(max(1, args.repeats - 1)):
+            with tempfile.TemporaryDirectory() as out:
+                runs.append(ocr_tool.run_ocr(ocr_tool.image_jobs(SAMPLES, Path(out)), workers=workers))
+        best = sorted(runs, key=lambda s: s.seconds)[len(runs) // 2]
+        total = sum(best.stage_seconds.values())
+        results[f"workers_{workers}"] = {
+            "pages_per_s": best.pages / best.seconds,
+            "seconds": best.seconds,
+            "stage_share": {stage: s / total for stage, s in sorted(best.stage_seconds.items(), key=lambda kv: -kv[1])},
+        }
+        log(f"ocr workers {workers}: {results[f'workers_{workers}']}")
+    results["two_over_one_workers"] = results["workers_2"]["pages_per_s"] / results["workers_1"]["pages_per_s"]
+    return results
+
+
+# ----------------------------------------------------------------------------- data
+def samples_tokenizer(ocr_dir):
+    from ditod.data.tokens import train_tokenizer
+
+    out = CACHE / "publaynet-tokenizer"
+    if not (out / "tokenizer_config.json").exists():
+        texts = [line for f in sorted(ocr_dir.glob("*.json")) for line in json.loads(f.read_text("utf-8"))["words"]]
+        train_tokenizer(texts, out, vocab_size=3000)
+    return out
+
+
+def bench_data(args):
+    from detectron2.data import DatasetCatalog
+
+    from ditod.data import VLDatasetMapper, register_vl_coco
+
+    ocr_dir = publaynet_ocr()
+    tokenizer = samples_tokenizer(ocr_dir)
+    register_vl_coco("bench_publaynet", str(SAMPLES / "samples.json"), str(SAMPLES), str(ocr_dir))
+    records = DatasetCatalog.get("bench_publaynet")
+    results = {"pages": len(records), "augmentation": "recipe training: multi-scale 480-800, DETR crop, flip"}
+    mappers = {}
+    for name, image_only in (("text", False), ("image_only", True)):
+        cfg = base_cfg({"MODEL.IMAGE_ONLY": image_only, "MODEL.VIT.TOKENIZER": str(tokenizer)}, "cpu")
+        mappers[name] = VLDatasetMapper(cfg, True)
+    times = {name: [] for name in mappers}
+    # Interleaved passes so that both see the same machine load.
+    for repeat in range(args.repeats + 1):
+        for name, mapper in mappers.items():
+            torch.manual_seed(repeat)
+            start = time.perf_counter()
+            for record in records:
+                mapper(record)
+            if repeat:  # the first pass warms the page cache and the word cache
+                times[name].append(time.perf_counter() - start)
+    for name in mappers:
+        results[name] = {"pages_per_s": len(records) / statistics.median(times[name])}
+    results["text_over_image_only_pages_per_s"] = results["text"]["pages_per_s"] / results["image_only"]["pages_per_s"]
+    log(f"data: {results}")
+    return results
+
+
+# ----------------------------------------------------------------------------- infer
+def bench_infer(args):
+    from detectron2.modeling import build_model
+
+    from ditod.data import PageOCR
+    from ditod.engine import VLDetectionCheckpointer
+
+    infer = load_tool("infer")
+    ocr_dir = publaynet_ocr()
+    tokenizer = samples_tokenizer(ocr_dir)
+    pages = sorted(SAMPLES.glob("*.jpg"))[: max(3, args.repeats + 2)]
+    results = {"pages": len(pages), "note": "randomly initialised weights; OCR on the fly with rapidocr"}
+    configs = {
+        "tiny": (REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml", {}),
+        "base": (REPO / "configs" / "Base-Cascade-LayoutLMv3.yaml", {"MODEL.VIT.PRETRAINED": "", "MODEL.ROI_HEADS.NUM_CLASSES": 10}),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, (config_file, overrides) in configs.items():
+            from detectron2.config import get_cfg
+
+            from ditod import add_vit_config
+
+            cfg = get_cfg()
+            add_vit_config(cfg)
+            cfg.merge_from_file(str(config_file))
+            cfg.MODEL.DEVICE = args.device
+            cfg.MODEL.VIT.TOKENIZER = str(tokenizer)
+            for key, value in overrides.items():
+                cfg.merge_from_list([key, value])
+            weights = Path(scratch) / f"{name}.pth"
+            torch.save({"model": build_model(cfg).state_dict()}, weights)
+            detector = infer.Detector(cfg, str(weights), "rapidocr", 144)
+            page = infer.Page(source=pages[0], name=pages[0].stem, index=None, ocr_file=None)
+            record, _, _ = detector.page_input(page, Path(scratch))  # warm-up (engines, caches)
+            detector(record)
+            detector.seconds.clear()
+            for path in pages:
+                page = infer.Page(source=path, name=path.stem, index=None, ocr_file=None)
+                record, _, _ = detector.page_input(page, Path(scratch))
+                detector(record)
+            results[name] = {stage: s / len(pages) for stage, s in detector.seconds.items()}
+            log(f"infer {name}: {results[name]}")
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+SECTIONS = {"paint": bench_paint, "step": bench_step, "data": bench_data, "ocr": bench_ocr, "infer": bench_infer}
+
+
+def log(message):
+    print(f"[bench] {message}", flush=True)
+
+
+def environment(device):
+    env = {
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def fmt(value, digits=3):
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(report):
+    lines = ["# ditod performance", "", "Produced by `python tools/bench.py` (`make bench`); medians of repeated runs.", ""]
+    for device, entry in sorted(report.items()):
+        env = entry["environment"]
+        lines += [f"## {device}", "", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+        sections = entry["sections"]
+        if "paint" in sections:
+            p = sections["paint"]
+            lines += [f"### Painting ({p['shape']}), forward + backward", "",
+                      f"Command: `python tools/bench.py --sections paint --device {device}`", "",
+                      "| stride | vectorized (s) | per-token loop (s) | speed-up |", "|---|---|---|---|"]
+            for stride, r in list(p["strides"].items()) + [("all four", p["all_levels"])]:
+                bound = "" if r["loop_complete"] else "> "
+                lines.append(f"| {stride} | {fmt(r['vectorized_s'], 4)} | {bound}{fmt(r['loop_s'], 2)} | {bound}{r['speedup']:.0f}x |")
+            lines += ["", f"The loop gets {p['loop_budget_s']} s per stride; \"> \" marks a loop stopped at its budget.", ""]
+        if "step" in sections:
+            s = sections["step"]
+            lines += [f"### Training step ({s['shape']})", "",
+                      f"Command: `python tools/bench.py --sections step --device {device}`", "",
+                      "| configuration | step (s) | peak memory (MB) |", "|---|---|---|"]
+            for name in STEP_CONFIGS:
+                lines.append(f"| {name} | {fmt(s[name]['step_s'], 2)} | {s[name]['peak_memory_mb']:.0f} |")
+            lines += ["", "| ratio | value |", "|---|---|"]
+            lines += [f"| {k} | {fmt(v)} |" for k, v in s["ratios"].items()]
+            lines += ["", f"Fusion modules alone (painting + gates, 4 levels, forward + backward): {fmt(s['text']['fusion_s'], 3)} s.", ""]
+        if "data" in sections:
+            d = sections["data"]
+            lines += [f"### Data mapper ({d['pages']} PubLayNet pages, {d['augmentation']})", "",
+                      f"Command: `python tools/bench.py --sections data --device {device}`", "",
+                      f"| text (pages/s) | image-only (pages/s) | ratio |", "|---|---|---|",
+                      f"| {fmt(d['text']['pages_per_s'], 1)} | {fmt(d['image_only']['pages_per_s'], 1)} | {fmt(d['text_over_image_only_pages_per_s'])} |", ""]
+        if "ocr" in sections:
+            o = sections["ocr"]
+            lines += [f"### OCR (tools/ocr.py, rapidocr, {o['pages']} PubLayNet pages)", "",
+                      f"Command: `python tools/bench.py --sections ocr --device {device}`", "",
+                      "| workers | pages/s | time per stage |", "|---|---|---|"]
+            for workers in (1, 2):
+                r = o[f"workers_{workers}"]
+                shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["stage_share"].items())
+                lines.append(f"| {workers} | {fmt(r['pages_per_s'], 2)} | {shares} |")
+            lines.append("")
+        if "infer" in sections:
+            i = sections["infer"]
+            lines += [f"### Inference (tools/infer.py detector, {i['pages']} PubLayNet pages; {i['note']})", "",
+                      f"Command: `python tools/bench.py --sections infer --device {device}`", "",
+                      "| model | OCR (s/page) | model (s/page) | reading (s/page) | resize + tokens (s/page) |",
+                      "|---|---|---|---|---|"]
+            for name in ("tiny", "base"):
+                r = i[name]
+                lines.append(f"| {name} | {fmt(r.get('ocr', 0.0))} | {fmt(r.get('model', 0.0))} | {fmt(r.get('load', 0.0))} | {fmt(r.get('preprocess', 0.0))} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--loop-budget", type=float, default=120.0, help="seconds per stride for the loop")
+    parser.add_argument("--quick", action="store_true", help="2 repeats, 30 s loop budget")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--loop-worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--step-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.loop_budget = 2, 30.0
+    if args.loop_worker:
+        return loop_worker(args.device, args.loop_worker)
+    if args.step_worker:
+        return step_worker(args.step_worker, args.device, args.repeats)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    report_path = args.out / "perf.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    device_key = "cuda" if args.device.startswith("cuda") else "cpu"
+    entry = report.setdefault(device_key, {"sections": {}})
+    entry["environment"] = environment(args.device)
+    start = time.perf_counter()
+    for name in args.sections:
+        log(f"section {name}")
+        entry["sections"][name] = SECTIONS[name](args)
+        report_path.write_text(json.dumps(report, indent=2))
+        (args.out / "perf.md").write_text(markdown(report))
+    log(f"done in {time.perf_counter() - start:.0f} s: {report_path} and {args.out / 'perf.md'}")
+
+
+if __name__ == "__main__":
+    main()

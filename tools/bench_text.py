@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""
+The experiment that shows the text matters (`make bench-text`).
+
+    python tools/bench_text.py [--iters 1300] [--runs image_only text_gated_all ...] [--seeds 0]
+
+Synthetic pages in --hard-text mode, where Figure caption, Table caption, Text and
+Reference share font, size and placement (only the words tell them apart), train the
+tiny model with the same generator seed, architecture, iterations and learning rate in
+several configurations:
+
+  image_only        MODEL.IMAGE_ONLY True (no tokens, no fusion)
+  text_gated_all    text, gated fusion on all four levels (the default)
+  text_gated_last   text, gated fusion on the last level only
+  text_add_all      text, additive fusion on all four levels
+  text_no_fusion    text in the transformer only (MODEL.TEXT_FUSION.MODE none)
+
+Each run is tools/train_net.py then tools/train_net.py --eval-only on the validation
+pages. Results: bench/results/text_experiment.json and .md (overall COCO bbox AP,
+per-class AP, and the mean AP of the text-dependent classes).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml"
+TEXT_DEPENDENT = ("Figure caption", "Table caption", "Reference")
+LAST_LEVEL = "layer3"  # the tiny model's last tapped layer (stride 32)
+RUNS = {
+    "image_only": ["MODEL.IMAGE_ONLY", True],
+    "text_gated_all": [],
+    "text_gated_last": ["MODEL.TEXT_FUSION.LEVELS", f"['{LAST_LEVEL}']"],
+    "text_add_all": ["MODEL.TEXT_FUSION.MODE", "add"],
+    "text_no_fusion": ["MODEL.TEXT_FUSION.MODE", "none"],
+}
+
+
+def run(command, env, log_file):
+    with open(log_file, "w") as log:
+        subprocess.run([str(c) for c in command], check=True, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def prepare_data(out, args, env):
+    synthetic = out / "datasets" / "synthetic"
+    if not (synthetic / "val.json").exists():
+        run(
+            [sys.executable, "tools/make_synthetic.py", "--out", synthetic, "--hard-text", "--seed", args.data_seed,
+             "--workers", 2, "--splits", f"train:{args.train_pages}", f"val:{args.val_pages}"],
+            env, out / "make_synthetic.log",
+        )  # fmt: skip
+    tokenizer = out / "tokenizer"
+    if not (tokenizer / "tokenizer_config.json").exists():
+        run(
+            [sys.executable, "tools/train_tokenizer.py", "--ocr-dir", synthetic / "train" / "ocr", "--out", tokenizer,
+             "--vocab-size", 4000],
+            env, out / "train_tokenizer.log",
+        )  # fmt: skip
+    return tokenizer
+
+
+def train_and_evaluate(name, seed, out, tokenizer, args, env):
+    run_dir = out / "runs" / f"{name}_seed{seed}"
+    metrics_file = run_dir / "inference" / "synthetic_val" / "metrics.json"
+    if metrics_file.exists() and not args.overwrite:
+        return json.loads(metrics_file.read_text()), None
+    overrides = [
+        "MODEL.VIT.TOKENIZER", tokenizer, "OUTPUT_DIR", run_dir, "SEED", seed,
+        "SOLVER.MAX_ITER", args.iters, *RUNS[name],
+    ]  # fmt: skip
+    start = time.perf_counter()
+    run([sys.executable, "tools/train_net.py", "--config-file", CONFIG, *overrides], env, out / f"{name}_seed{seed}.train.log")
+    seconds = time.perf_counter() - start
+    run(
+        [sys.executable, "tools/train_net.py", "--config-file", CONFIG, "--eval-only", *overrides,
+         "MODEL.WEIGHTS", run_dir / "model_final.pth"],
+        env, out / f"{name}_seed{seed}.eval.log",
+    )  # fmt: skip
+    return json.loads(metrics_file.read_text()), seconds
+
+
+def summarize(metrics):
+    per_class = metrics["per_class_AP"]
+    return {
+        "AP": metrics["AP"],
+        "AP50": metrics["AP50"],
+        "AP75": metrics["AP75"],
+        "text_dependent_AP": statistics.mean(per_class[c] for c in TEXT_DEPENDENT),
+        "per_class_AP": per_class,
+    }
+
+
+def markdown(report):
+    runs = report["runs"]
+    classes = list(next(iter(runs.values()))["mean"]["per_class_AP"])
+    lines = [
+        "# Does the text matter? Image-only vs text fusion on hard-text synthetic pages",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Data: {report['train_pages']} training / {report['val_pages']} validation pages of "
+        f"`tools/make_synthetic.py --hard-text --seed {report['data_seed']}` (Figure caption, Table caption, Text "
+        "and Reference share font, size and placement). Model: configs/tiny/cascade_layoutlmv3_text.yaml "
+        f"(hidden 96, 4 layers, from scratch), {report['iters']} iterations of batch 2 at the same learning "
+        f"rate for every run; seeds {report['seeds']} (mean over seeds). COCO bbox AP on the validation pages.",
+        "",
+        "| run | AP | AP50 | AP75 | text-dependent AP | " + " | ".join(TEXT_DEPENDENT) + " | train min |",
+        "|---|---|---|---|---|" + "---|" * len(TEXT_DEPENDENT) + "---|",
+    ]
+    for name, entry in runs.items():
+        m = entry["mean"]
+        minutes = entry.get("train_minutes")
+        lines.append(
+            f"| {name} | {m['AP']:.1f} | {m['AP50']:.1f} | {m['AP75']:.1f} | **{m['text_dependent_AP']:.1f}** | "
+            + " | ".join(f"{m['per_class_AP'][c]:.1f}" for c in TEXT_DEPENDENT)
+            + f" | {'-' if minutes is None else f'{minutes:.1f}'} |"
+        )
+    lines += ["", "Per-class AP:", "", "| run | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for name, entry in runs.items():
+        lines.append(f"| {name} | " + " | ".join(f"{entry['mean']['per_class_AP'][c]:.1f}" for c in classes) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--iters", type=int, default=1300)
+    parser.add_argument("--train-pages", type=int, default=400)
+    parser.add_argument("--val-pages", type=int, default=100)
+    parser.add_argument("--data-seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (results averaged)")
+    parser.add_argument("--out", type=Path, default=REPO / "output" / "bench_text")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--overwrite", action="store_true", help="retrain runs that already have metrics")
+    args = parser.parse_args()
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, DETECTRON2_DATASETS=str(out / "datasets"))
+    tokenizer = prepare_data(out, args, env)
+    report = {
+        "command": "python tools/bench_text.py " + " ".join(sys.argv[1:]),
+        "iters": args.iters,
+        "train_pages": args.train_pages,
+        "val_pages": args.val_pages,
+        "data_seed": args.data_seed,
+        "seeds": args.seeds,
+        "text_dependent_classes": list(TEXT_DEPENDENT),
+        "runs": {},
+    }
+    for name in args.runs:
+        per_seed, minutes = [], []
+        for seed in args.seeds:
+            print(f"[bench-text] {name} seed {seed} ...", flush=True)
+            metrics, seconds = train_and_evaluate(name, seed, out, tokenizer, args, env)
+            per_seed.append(summarize(metrics))
+            if seconds is not None:
+                minutes.append(seconds / 60)
+            print(f"[bench-text] {name} seed {seed}: AP {per_seed[-1]['AP']:.1f}, "
+                  f"text-dependent AP {per_seed[-1]['text_dependent_AP']:.1f}", flush=True)  # fmt: skip
+        mean = {
+            key: statistics.mean(s[key] for s in per_seed)
+            for key in ("AP", "AP50", "AP75", "text_dependent_AP")
+        }
+        mean["per_class_AP"] = {c: statistics.mean(s["per_class_AP"][c] for s in per_seed) for c in per_seed[0]["per_class_AP"]}
+        report["runs"][name] = {
+            "mean": mean,
+            "per_seed": per_seed,
+            "train_minutes": statistics.mean(minutes) if minutes else None,
+        }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "text_experiment.json").write_text(json.dumps(report, indent=2))
+    (args.results / "text_experiment.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"written: {args.results / 'text_experiment.json'}, {args.results / 'text_experiment.md'}")
+
+
+if __name__ == "__main__":
+    main()
