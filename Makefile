@@ -26,4 +26,4 @@ bench-text: setup
 	$(PYTHON) tools/bench_text.py
 
 clean:
-	rm -rf output demo_output .pytest_cache
+	rm -rf output .pytest_cache

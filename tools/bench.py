@@ -29,7 +29,7 @@ Results of the sections run now replace those of earlier runs for the same devic
 the others are kept, so CPU and GPU figures accumulate in one file.
 """
 import argparse
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -53,11 +53,11 @@ LEVELS = ["layer3", "layer5", "layer7", "layer11"]
 
 
 def load_tool(name):
-    """A module of tools/ (not a package) by file name."""
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A module of tools/ (not a package), imported by its file name so that worker
+    processes (tools/ocr.py's pool) can import it again."""
+    if str(REPO / "tools") not in sys.path:
+        sys.path.insert(0, str(REPO / "tools"))
+    return importlib.import_module(name)
 
 
 def median_time(function, repeats, device, warmup=1):
