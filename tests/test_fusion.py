@@ -69,6 +69,8 @@ def test_paint_tokens_matches_reference_loop(reduce, stride):
     out = paint_tokens(feats_a, boxes, mask, grid, stride, reduce)
     ref = reference_paint(feats_b, boxes, mask, grid, stride, reduce)
     assert out.shape == (batch, channels) + grid
+    # The layout of the pyramid's visual maps, which the gate convs need.
+    assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out, ref, atol=1e-9)
 
     weights = torch.randn(out.shape, generator=generator, dtype=torch.float64)
@@ -140,3 +142,60 @@ def test_add_fusion_starts_equal_to_visual():
     visual = torch.randn(2, 4, 3, 3)
     out = fusion(visual, torch.randn(2, 5, 4), torch.rand(2, 5, 4) * 24, torch.ones(2, 5))
     assert torch.equal(out, visual)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gated_fusion_matches_grouped_conv_definition(layout):
+    """With trained (non-zero) gate weights, in either memory layout of the visual map:
+    g = sigmoid(conv3x3 over [visual; text], one group per channel), g*visual + (1-g)*text,
+    values and gradients."""
+    torch.manual_seed(0)
+    channels, stride, grid = 3, 8, (5, 4)
+    fusion = TextFusion(channels, stride, mode="gated", gate_bias_init=0.5).double()
+    with torch.no_grad():
+        for conv in (fusion.gate_visual, fusion.gate_text):
+            conv.weight.normal_()
+    visual = torch.randn(2, channels, *grid, dtype=torch.float64)
+    feats = torch.randn(2, 6, channels, dtype=torch.float64)
+    boxes = random_boxes(2, 6, grid[1] * stride, grid[0] * stride, torch.Generator().manual_seed(1)).double()
+    mask = torch.ones(2, 6)
+    weights = torch.randn(2, channels, *grid, dtype=torch.float64)
+
+    def grads(out, inputs):
+        return torch.autograd.grad((out * weights).sum(), inputs)
+
+    visual_a = visual.contiguous(memory_format=layout).requires_grad_(True)
+    feats_a = feats.clone().requires_grad_(True)
+    out = fusion(visual_a, feats_a, boxes, mask)
+    params = [fusion.gate_visual.weight, fusion.gate_visual.bias, fusion.gate_text.weight]
+    ours = grads(out, [visual_a, feats_a, *params])
+
+    visual_b = visual.clone().requires_grad_(True)
+    feats_b = feats.clone().requires_grad_(True)
+    text = paint_tokens(fusion.text_proj(feats_b), boxes, mask, grid, stride, "mean")
+    pairs = torch.stack([visual_b, text], dim=2).flatten(1, 2)  # v0, t0, v1, t1, ...
+    weight = torch.stack([fusion.gate_visual.weight, fusion.gate_text.weight], dim=1).flatten(1, 2)
+    gate = torch.sigmoid(torch.nn.functional.conv2d(pairs, weight, fusion.gate_visual.bias, padding=1, groups=channels))
+    ref = gate * visual_b + (1 - gate) * text
+    expected = grads(ref, [visual_b, feats_b, *params])
+
+    assert torch.allclose(out, ref, atol=1e-12)
+    for a, b in zip(ours, expected):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["gated", "add"])
+@pytest.mark.parametrize("visual_dtype", [torch.float32, torch.bfloat16])
+def test_fusion_under_autocast(mode, visual_dtype):
+    """With AMP the pyramid mixes dtypes: the deconv levels come out in half precision,
+    the levels fed straight from the transformer's LayerNorm in float32. CPU autocast
+    (bfloat16) stands in for CUDA's float16 here."""
+    fusion = TextFusion(6, 8, mode=mode, gate_bias_init=0.0)
+    visual = torch.randn(2, 6, 4, 5, dtype=visual_dtype, requires_grad=True)
+    feats = torch.randn(2, 3, 6, requires_grad=True)
+    boxes = torch.tensor([[0.0, 0.0, 16.0, 8.0], [8.0, 8.0, 39.0, 31.0], [30.0, 0.0, 40.0, 8.0]]).expand(2, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fusion(visual, feats, boxes, torch.ones(2, 3))
+    assert out.dtype == visual_dtype
+    out.float().sum().backward()
+    assert torch.isfinite(visual.grad).all() and fusion.text_proj.weight.grad.abs().sum() > 0

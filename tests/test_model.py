@@ -60,6 +60,16 @@ def test_text_model_trains_and_gradients_reach_gate_embeddings_and_transformer()
     assert lm.embeddings.word_embeddings.weight.grad[lm.config.pad_token_id].abs().sum() == 0
 
 
+def test_text_model_trains_under_autocast():
+    # AMP mixes dtypes in the pyramid (deconv levels in half precision, LayerNorm-fed
+    # levels in float32); CPU autocast (bfloat16) stands in for CUDA's float16.
+    model = build_model(tiny_cfg())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = train_step(model, [page(25, seed=1), page(0, seed=2)])
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert model.backbone.bottom_up.text_fusion["layer3"].gate_text.weight.grad.abs().sum() > 0
+
+
 def test_image_only_model_trains():
     model = build_model(tiny_cfg("MODEL.IMAGE_ONLY", True))
     losses = train_step(model, [page(None, seed=1), page(None, seed=2)])

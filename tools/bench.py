@@ -17,7 +17,9 @@ run, since these machines are shared and noisy):
          batch 2, 510 tokens, text fusion on all four levels: text vs image-only,
          sdpa vs eager attention, gradient checkpointing; each in its own process for
          its peak memory (CPU: peak RSS, GPU: max allocated). The fusion share is the
-         fusion modules' forward + backward at the same shapes over the text step.
+         fusion modules' forward + backward at the same shapes and memory layouts over
+         the text step. On the CPU, the *_keep_freed_memory runs repeat text and
+         image-only with CPU_KEEP_FREED_MEMORY on (applied as tools/train_net.py does).
   data   VLDatasetMapper pages/s in one process on the shared PubLayNet pages (OCR
          jsons cached), with text vs image-only, training augmentations of the recipe.
   ocr    tools/ocr.py pages/s on the shared PubLayNet pages with 1 and 2 workers, and
@@ -167,7 +169,15 @@ STEP_CONFIGS = {
     "text_eager": {"MODEL.VIT.ATTENTION": "eager"},
     "image_only_eager": {"MODEL.IMAGE_ONLY": True, "MODEL.VIT.ATTENTION": "eager"},
     "text_grad_checkpoint": {"MODEL.VIT.GRAD_CHECKPOINT": True},
+    "text_keep_freed_memory": {"CPU_KEEP_FREED_MEMORY": True},
+    "image_only_keep_freed_memory": {"MODEL.IMAGE_ONLY": True, "CPU_KEEP_FREED_MEMORY": True},
 }
+# Steps that differ only by the CPU allocator setting, skipped on a GPU.
+CPU_ONLY_STEPS = ("text_keep_freed_memory", "image_only_keep_freed_memory")
+
+
+def step_configs(device):
+    return [name for name in STEP_CONFIGS if device == "cpu" or name not in CPU_ONLY_STEPS]
 
 
 def base_cfg(overrides, device):
@@ -212,20 +222,25 @@ def peak_memory_mb(device):
 
 
 def fusion_seconds(model, device, repeats):
-    """Forward + backward of the fusion modules alone, at the shapes of the step."""
+    """Forward + backward of the fusion modules alone, at the shapes and memory layouts
+    of the step: channels-last visual maps (as the pyramid makes them) and dense
+    gradients in the layout of the outputs (as the FPN's lateral convs return them)."""
     bottom_up = model.backbone.bottom_up
     generator = torch.Generator().manual_seed(1)
     boxes = line_boxes(generator).to(device)
     mask = torch.ones(BATCH, TOKENS, device=device)
     feats = torch.randn(BATCH, TOKENS, CHANNELS, generator=generator).to(device).requires_grad_(True)
     visual = {
-        name: torch.randn(BATCH, CHANNELS, PAGE[0] // s, PAGE[1] // s, generator=generator).to(device).requires_grad_(True)
+        name: torch.randn(BATCH, CHANNELS, PAGE[0] // s, PAGE[1] // s, generator=generator)
+        .to(device, memory_format=torch.channels_last)
+        .requires_grad_(True)
         for name, s in zip(LEVELS, STRIDES)
     }
+    grads = {name: torch.randn_like(v) for name, v in visual.items()}
 
     def run():
-        total = sum(fusion(visual[name], feats, boxes, mask).sum() for name, fusion in bottom_up.text_fusion.items())
-        total.backward()
+        outputs = {name: fusion(visual[name], feats, boxes, mask) for name, fusion in bottom_up.text_fusion.items()}
+        torch.autograd.backward(list(outputs.values()), [grads[name] for name in outputs])
 
     return median_time(run, repeats, device)
 
@@ -234,8 +249,12 @@ def step_worker(name, device, repeats):
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
+    from ditod.engine import configure_cpu_memory
+
     overrides = STEP_CONFIGS[name]
-    model = build_model(base_cfg(overrides, device)).train()
+    cfg = base_cfg(overrides, device)
+    configure_cpu_memory(cfg)
+    model = build_model(cfg).train()
     batch = synthetic_batch(overrides.get("MODEL.IMAGE_ONLY", False), device)
 
     def step():
@@ -247,14 +266,14 @@ def step_worker(name, device, repeats):
     with EventStorage(0):
         seconds = median_time(step, repeats, device)
     result = {"step_s": seconds, "peak_memory_mb": peak_memory_mb(device)}
-    if name == "text":
+    if name in ("text", "text_keep_freed_memory"):
         result["fusion_s"] = fusion_seconds(model, device, repeats)
     print(json.dumps(result))
 
 
 def bench_step(args):
     results = {"shape": f"base model, batch {BATCH}, {PAGE[0]}x{PAGE[1]}, {TOKENS} tokens, fusion on 4 levels"}
-    for name in STEP_CONFIGS:
+    for name in step_configs(args.device):
         command = [sys.executable, __file__, "--step-worker", name, "--device", args.device, "--repeats", str(args.repeats)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
@@ -271,6 +290,17 @@ def bench_step(args):
         "checkpoint_over_plain_time": results["text_grad_checkpoint"]["step_s"] / text["step_s"],
         "checkpoint_over_plain_memory": results["text_grad_checkpoint"]["peak_memory_mb"] / text["peak_memory_mb"],
     }
+    if "text_keep_freed_memory" in results:
+        text_kept, image_kept = results["text_keep_freed_memory"], results["image_only_keep_freed_memory"]
+        results["ratios"].update(
+            {
+                "text_over_image_only_time_keep_freed_memory": text_kept["step_s"] / image_kept["step_s"],
+                "fusion_share_of_text_step_keep_freed_memory": text_kept["fusion_s"] / text_kept["step_s"],
+                "keep_freed_over_default_time_text": text_kept["step_s"] / text["step_s"],
+                "keep_freed_over_default_time_image_only": image_kept["step_s"] / image["step_s"],
+                "keep_freed_over_default_memory_text": text_kept["peak_memory_mb"] / text["peak_memory_mb"],
+            }
+        )
     return results
 
 
@@ -438,11 +468,14 @@ def markdown(report):
             lines += [f"### Training step ({s['shape']})", "",
                       f"Command: `python tools/bench.py --sections step --device {device}`", "",
                       "| configuration | step (s) | peak memory (MB) |", "|---|---|---|"]
-            for name in STEP_CONFIGS:
+            for name in [n for n in STEP_CONFIGS if n in s]:
                 lines.append(f"| {name} | {fmt(s[name]['step_s'], 2)} | {s[name]['peak_memory_mb']:.0f} |")
             lines += ["", "| ratio | value |", "|---|---|"]
             lines += [f"| {k} | {fmt(v)} |" for k, v in s["ratios"].items()]
-            lines += ["", f"Fusion modules alone (painting + gates, 4 levels, forward + backward): {fmt(s['text']['fusion_s'], 3)} s.", ""]
+            fusion = f"{fmt(s['text']['fusion_s'], 3)} s"
+            if "text_keep_freed_memory" in s:
+                fusion += f" ({fmt(s['text_keep_freed_memory']['fusion_s'], 3)} s with CPU_KEEP_FREED_MEMORY)"
+            lines += ["", f"Fusion modules alone (painting + gates, 4 levels, forward + backward): {fusion}.", ""]
         if "data" in sections:
             d = sections["data"]
             lines += [f"### Data mapper ({d['pages']} PubLayNet pages, {d['augmentation']})", "",

@@ -50,7 +50,7 @@ from detectron2.utils.visualizer import Visualizer
 from ditod import add_vit_config
 from ditod.data import VLDatasetMapper, register_from_config
 from ditod.data.ocr import OCR_ENGINES, build_ocr_engine, pdf_text_layer, render_pdf_page, save_ocr
-from ditod.engine import VLDetectionCheckpointer
+from ditod.engine import VLDetectionCheckpointer, configure_cpu_memory
 
 logger = logging.getLogger("ditod.tools.infer")
 
@@ -232,6 +232,7 @@ def main(argv=None):
     setup_logger(name="ditod")
     setup_logger(name="detectron2")
     cfg = setup_cfg(args)
+    configure_cpu_memory(cfg)
     output = Path(args.output)
     pages, failures = collect_pages(args.input, args.ocr_dir)
     classes = class_names(cfg, args.classes)

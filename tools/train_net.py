@@ -24,7 +24,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 
 from ditod import add_vit_config
 from ditod.data import register_from_config, register_vl_coco
-from ditod.engine import VLDetectionCheckpointer, VLTrainer, check_datasets
+from ditod.engine import VLDetectionCheckpointer, VLTrainer, check_datasets, configure_cpu_memory
 
 
 def dataset_spec(text):
@@ -55,6 +55,7 @@ def setup(args):
 def main(args):
     cfg = setup(args)
     default_setup(cfg, args)
+    configure_cpu_memory(cfg)
     if args.eval_only:
         model = VLTrainer.build_model(cfg)
         VLDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

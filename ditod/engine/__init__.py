@@ -1,5 +1,6 @@
 """Training, evaluation and checkpoint loading."""
 from .checkpoint import VLDetectionCheckpointer, convert_original_layout
+from .cpu_memory import configure_cpu_memory, keep_freed_cpu_memory
 from .trainer import (
     AccumulatingTrainer,
     VLTrainer,
@@ -15,7 +16,9 @@ __all__ = [
     "VLTrainer",
     "build_resumable_train_loader",
     "check_datasets",
+    "configure_cpu_memory",
     "convert_original_layout",
+    "keep_freed_cpu_memory",
     "layoutlmv3_param_groups",
     "transformer_lr_factor",
 ]

@@ -38,11 +38,27 @@ def token_cell_ranges(token_boxes, grid, stride):
 
 def _corner_index(x0, y0, x1, y1, width):
     """Flat positions, in a (H + 1) x (W + 1) grid, of the corners (y0, x0), (y0, x1 + 1),
-    (y1 + 1, x0), (y1 + 1, x1 + 1) of each range, as (B, 4T), and their signs."""
+    (y1 + 1, x0), (y1 + 1, x1 + 1) of each range, as (B, T * 4), and their signs."""
     rows = torch.stack([y0, y0, y1 + 1, y1 + 1], dim=-1)
     cols = torch.stack([x0, x1 + 1, x0, x1 + 1], dim=-1)
     signs = torch.tensor([1.0, -1.0, -1.0, 1.0], device=x0.device)
     return (rows * (width + 1) + cols).flatten(1), signs
+
+
+# The grids below are (B, H + 1, W + 1, C): channels last, so each token's C features
+# are one contiguous row (scatter and gather move whole rows) and the painted map comes
+# out in the layout of the pyramid's visual features, which the gate convs need.
+
+
+def _prefix_sum_(grid, dim):
+    """In-place cumulative sum of `grid` along `dim`. On CPU, one vectorized add per
+    row: torch.cumsum scans each of the other H*C or W*C positions one at a time, about
+    4x slower on a stride-4 grid. Elsewhere torch.cumsum (one kernel, not one per row)."""
+    if grid.device.type != "cpu":
+        return grid.cumsum_(dim)
+    for i in range(1, grid.shape[dim]):
+        grid.select(dim, i).add_(grid.select(dim, i - 1))
+    return grid
 
 
 def _paint_sum(values, corners, signs, grid):
@@ -50,22 +66,24 @@ def _paint_sum(values, corners, signs, grid):
     batch, num_tokens, channels = values.shape
     height, width = grid
     updates = (values.unsqueeze(2) * signs.view(1, 1, 4, 1).to(values.dtype)).flatten(1, 2)
-    diff = values.new_zeros(batch, channels, (height + 1) * (width + 1))
-    diff.scatter_add_(2, corners.unsqueeze(1).expand(-1, channels, -1), updates.transpose(1, 2))
-    return diff.view(batch, channels, height + 1, width + 1).cumsum_(2).cumsum_(3)[..., :height, :width]
+    diff = values.new_zeros(batch, (height + 1) * (width + 1), channels)
+    diff.scatter_add_(1, corners.unsqueeze(-1).expand(-1, -1, channels), updates)
+    integral = _prefix_sum_(_prefix_sum_(diff.view(batch, height + 1, width + 1, channels), 1), 2)
+    return integral[:, :height, :width].permute(0, 3, 1, 2)
 
 
-def _box_sums(maps, corners, signs):
-    """For each token, the sum of `maps` (B, C, H, W) over its cells, as (B, T, C)."""
+def _box_sums(maps, scale, corners, signs):
+    """For each token, the sum of `maps * scale` (B, C, H, W) over its cells, as (B, T, C)."""
     batch, channels, height, width = maps.shape
-    integral = maps.new_zeros(batch, channels, height + 1, width + 1)
-    integral[..., 1:, 1:] = maps
-    integral.cumsum_(2).cumsum_(3)
+    integral = maps.new_empty(batch, height + 1, width + 1, channels)
+    integral[:, 0] = 0
+    integral[:, :, 0] = 0
+    torch.mul(maps.permute(0, 2, 3, 1), scale.permute(0, 2, 3, 1), out=integral[:, 1:, 1:])
+    _prefix_sum_(_prefix_sum_(integral, 1), 2)
     # integral[y, x] sums rows < y and columns < x, so a box's sum is the signed sum of
     # the integral at the same four corners the forward pass scattered to.
-    cells = integral.flatten(2).gather(2, corners.unsqueeze(1).expand(-1, channels, -1))
-    cells = cells.view(batch, channels, -1, 4)
-    return (cells * signs.to(cells.dtype)).sum(-1).transpose(1, 2)
+    cells = integral.view(batch, -1, channels).gather(1, corners.unsqueeze(-1).expand(-1, -1, channels))
+    return (cells.view(batch, -1, 4, channels) * signs.view(1, 1, 4, 1).to(cells.dtype)).sum(2)
 
 
 class _PaintTokens(torch.autograd.Function):
@@ -79,7 +97,7 @@ class _PaintTokens(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         corners, signs, scale = ctx.saved_tensors
-        return _box_sums(grad_out * scale, corners, signs), None, None, None, None
+        return _box_sums(grad_out, scale, corners, signs), None, None, None, None
 
 
 def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
@@ -96,7 +114,7 @@ def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
             by their number (cells without tokens stay 0).
 
     Returns:
-        (B, C, H, W) text map in the dtype of token_feats.
+        (B, C, H, W) text map in the dtype of token_feats, channels-last in memory.
     """
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
@@ -158,14 +176,20 @@ class TextFusion(nn.Module):
             nn.init.constant_(self.gate_visual.bias, gate_bias_init)
 
     def forward(self, visual, token_feats, token_boxes, mask):
+        # The pyramid's visual maps are channels-last already (the ViT's tokens are rows
+        # of C features); keeping every operand in that layout avoids layout conversions
+        # inside each op, and depthwise convs are fastest in it on CPU.
+        visual = visual.contiguous(memory_format=torch.channels_last)
         text = paint_tokens(
             self.text_proj(token_feats), token_boxes, mask, visual.shape[-2:], self.stride, self.reduce
         ).to(visual.dtype)
         if self.mode == "add":
             return visual + text
         g = self.gate_visual(visual).add_(self.gate_text(text)).sigmoid_()
-        # g * visual + (1 - g) * text in one kernel.
-        return torch.lerp(text, visual, g)
+        # g * visual + (1 - g) * text in one kernel. Under autocast the convs return half
+        # precision while a level fed by a LayerNorm (layer7, layer11) stays float32, and
+        # lerp needs one dtype.
+        return torch.lerp(text, visual, g.to(visual.dtype))
 
 
 def build_text_fusion(cfg, channels, strides):
