@@ -4,7 +4,7 @@ Importing the package registers its backbone and meta-architecture with detectro
 and the built-in dataset names (publaynet_*, cdla_*, doclaynet_*, synthetic_*).
 """
 from . import data
-from .config import add_vit_config
+from .config import add_vit_config, load_config
 from .modeling import LayoutLMv3Backbone, VLGeneralizedRCNN, build_vit_fpn_backbone
 
-__all__ = ["add_vit_config", "LayoutLMv3Backbone", "VLGeneralizedRCNN", "build_vit_fpn_backbone"]
+__all__ = ["add_vit_config", "load_config", "LayoutLMv3Backbone", "VLGeneralizedRCNN", "build_vit_fpn_backbone"]

@@ -1,7 +1,48 @@
 """The config keys that ditod adds to detectron2's defaults."""
-from detectron2.config import CfgNode as CN
+import os
 
-__all__ = ["add_vit_config"]
+import yaml
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["add_vit_config", "load_config"]
+
+
+def load_config(config_file, opts=()):
+    """
+    detectron2's default config with ditod's keys, merged from `config_file` and the
+    KEY VALUE overrides `opts` (not frozen).
+
+    Raises:
+        ValueError naming the file or the override: a missing or unparsable file, an
+        unknown key, a value of the wrong type, an odd override list (an option such as
+        --resume typed after the overrides lands there).
+    """
+    cfg = get_cfg()
+    add_vit_config(cfg)
+    if not os.path.isfile(config_file):
+        raise ValueError(f"config file {config_file} does not exist")
+    try:
+        cfg.merge_from_file(config_file)
+    except (AssertionError, KeyError, ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"config file {config_file}: {_reason(e)}") from e
+    opts = list(opts)
+    options = [text for text in opts if text.startswith("--")]
+    if options:
+        raise ValueError(f"{options[0]} comes after the KEY VALUE config overrides: put options before them")
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number of words: {opts}")
+    try:
+        cfg.merge_from_list(opts)
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ValueError(f"config override: {_reason(e)}") from e
+    return cfg
+
+
+def _reason(error):
+    # yacs reports unknown keys as AssertionError or KeyError; str(KeyError) adds quotes.
+    return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
 
 
 def add_vit_config(cfg):

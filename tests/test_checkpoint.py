@@ -1,11 +1,14 @@
+import json
 import logging
 
 import torch
 from transformers import LayoutLMv3Config, LayoutLMv3Model
 
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from conftest import tiny_cfg
+from ditod.data import register_vl_coco
 from ditod.data.tokens import train_tokenizer
 from ditod.engine.checkpoint import VLDetectionCheckpointer
 
@@ -139,3 +142,32 @@ def test_non_checkpoint_file_is_a_clear_error(tmp_path):
         assert "broken.pth" in str(error)
     else:
         raise AssertionError("loading a broken file did not fail")
+
+
+def test_save_writes_the_class_names_and_category_ids_of_the_training_dataset(tmp_path, caplog):
+    # Non-contiguous ids, listed out of order: the classes are ordered by id.
+    coco = {
+        "images": [{"id": 1, "file_name": "page.png", "width": 100, "height": 100}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}],
+        "categories": [{"id": 12, "name": "Picture"}, {"id": 3, "name": "Paragraph"}, {"id": 7, "name": "Heading"}],
+    }
+    (tmp_path / "train.json").write_text(json.dumps(coco))
+    register_vl_coco("checkpoint_classes_train", str(tmp_path / "train.json"), str(tmp_path))
+    model = torch.nn.Linear(2, 2)
+    checkpointer = VLDetectionCheckpointer(model, str(tmp_path), dataset_name="checkpoint_classes_train")
+
+    # Before the dataset is loaded its classes are unknown: the checkpoint goes without them.
+    with caplog.at_level(logging.WARNING):
+        checkpointer.save("before")
+    assert "checkpoint_classes_train are not known" in caplog.text
+    assert set(torch.load(tmp_path / "before.pth", weights_only=True)) == {"model"}
+
+    DatasetCatalog.get("checkpoint_classes_train")
+    checkpointer.save("after", iteration=5)
+    saved = torch.load(tmp_path / "after.pth", weights_only=True)
+    assert saved["thing_classes"] == ["Paragraph", "Heading", "Picture"]
+    assert saved["category_ids"] == [3, 7, 12]
+    assert saved["iteration"] == 5
+    # load() hands back the non-model entries.
+    extras = VLDetectionCheckpointer(torch.nn.Linear(2, 2)).load(str(tmp_path / "after.pth"))
+    assert extras == {"thing_classes": ["Paragraph", "Heading", "Picture"], "category_ids": [3, 7, 12], "iteration": 5}

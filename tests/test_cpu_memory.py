@@ -1,5 +1,6 @@
 import ctypes
 import json
+import statistics
 import subprocess
 import sys
 
@@ -37,9 +38,11 @@ def test_keep_freed_cpu_memory_reuses_pages_of_freed_tensors():
     assert kept["applied"] and not default["applied"]
     # glibc's default maps every large tensor afresh: a fault per page, each iteration
     # (fewer with transparent huge pages). With the setting, once the heap has grown
-    # to the working set, new tensors reuse its pages.
-    assert sum(kept["faults"][-5:]) < PAGES_PER_ITERATION // 10
-    assert sum(default["faults"][-5:]) > 10 * max(sum(kept["faults"][-5:]), 1)
+    # to the working set, new tensors reuse its pages. Medians: where the heap cannot
+    # grow in place (an address-space layout of the run), glibc maps a new piece once.
+    kept_faults = statistics.median(kept["faults"][2:])
+    assert kept_faults < PAGES_PER_ITERATION // 10
+    assert statistics.median(default["faults"][2:]) > 10 * max(kept_faults, 1)
 
 
 def test_configure_cpu_memory_only_for_cpu_runs_with_the_key_on():

@@ -1,7 +1,9 @@
-"""tools/infer.py on images (OCR on the fly, or OCR jsons) and on a two-page PDF (text layer)."""
+"""tools/infer.py on images (OCR on the fly, or OCR jsons) and on a two-page PDF (text layer);
+class names from the checkpoint; clear errors for bad arguments."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,12 +14,13 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
 from conftest import REPO, TINY_TEXT_CONFIG
 from ditod import add_vit_config
-from ditod.data import train_tokenizer
+from ditod.data import register_vl_coco, train_tokenizer
 from ditod.data.ocr import load_ocr
 from ditod.data.synthetic import CATEGORIES, SyntheticOptions, generate_split
 from ditod.engine import VLDetectionCheckpointer, VLTrainer
@@ -171,3 +174,103 @@ def test_detections_equal_those_of_the_evaluation_pipeline(setup, tmp_path):
             assert [CATEGORIES.index(d["class"]) for d in detections] == instances.pred_classes.tolist()
             pages += 1
     assert pages == 2
+
+
+# The classes of a user's own training data: other names than the config's DATASETS.TEST
+# (the synthetic CATEGORIES) and non-contiguous COCO ids.
+OWN_CLASSES = [f"own class {i}" for i in range(len(CATEGORIES))]
+OWN_IDS = [10 * (i + 1) + 1 for i in range(len(CATEGORIES))]
+
+
+@pytest.fixture(scope="module")
+def own_weights(setup):
+    """Weights saved, as training saves them, for a dataset with OWN_CLASSES and OWN_IDS."""
+    root, _, cfg = setup
+    coco = json.loads((root / "val.json").read_text())
+    # The synthetic ids are 1..N in CATEGORIES order; the json lists them last id first.
+    coco["categories"] = [{"id": OWN_IDS[i], "name": OWN_CLASSES[i]} for i in reversed(range(len(CATEGORIES)))]
+    for annotation in coco["annotations"]:
+        annotation["category_id"] = OWN_IDS[annotation["category_id"] - 1]
+    (root / "own.json").write_text(json.dumps(coco))
+    register_vl_coco("infer_own_train", str(root / "own.json"), str(root / "val" / "images"))
+    DatasetCatalog.get("infer_own_train")  # training loads its dataset before saving
+    seed_all_rng(0)
+    VLDetectionCheckpointer(build_model(cfg), str(root), dataset_name="infer_own_train").save("own_weights")
+    return root / "own_weights.pth"
+
+
+@pytest.mark.slow
+def test_class_names_and_ids_come_from_the_checkpoint(setup, own_weights, tmp_path, capsys):
+    root, opts, _ = setup
+    saved = torch.load(own_weights, weights_only=True)
+    assert (saved["thing_classes"], saved["category_ids"]) == (OWN_CLASSES, OWN_IDS)
+
+    # DATASETS.TEST of the config is infer_val, whose classes are CATEGORIES; no --classes.
+    output = tmp_path / "out"
+    status = load_tool().main([
+        "--config-file", TINY_TEXT_CONFIG, "--weights", str(own_weights), "--input", str(root / "val" / "images"),
+        "--ocr-dir", str(root / "val" / "ocr"), "--output", str(output), "--score-thresh", str(THRESH),
+        "--device", "cpu", "--opts", *opts,
+    ])  # fmt: skip
+    assert status == 0
+    assert "ocr json 2" in capsys.readouterr().out
+    results = json.loads((output / "results.json").read_text())
+    assert results["categories"] == [{"id": i, "name": name} for i, name in zip(OWN_IDS, OWN_CLASSES)]
+    assert results["annotations"]
+    assert {a["category_id"] for a in results["annotations"]} <= set(OWN_IDS)
+    for d in json.loads((output / "val_000000.json").read_text())["detections"]:
+        assert d["category_id"] == OWN_IDS[OWN_CLASSES.index(d["class"])]
+
+
+@pytest.mark.slow
+def test_page_missing_from_ocr_dir_is_ocred_on_the_fly(setup, tmp_path, capsys):
+    root, opts, _ = setup
+    ocr_dir = tmp_path / "ocr"
+    ocr_dir.mkdir()
+    shutil.copy(root / "val" / "ocr" / "val_000000.json", ocr_dir)
+    output = tmp_path / "out"
+    status = load_tool().main([
+        "--config-file", TINY_TEXT_CONFIG, "--weights", str(root / "weights.pth"),
+        "--input", str(root / "val" / "images"), "--ocr-dir", str(ocr_dir), "--output", str(output),
+        "--score-thresh", str(THRESH), "--device", "cpu", "--opts", *opts,
+    ])  # fmt: skip
+    assert status == 0
+    assert "OCR from: ocr json 1, rapidocr 1" in capsys.readouterr().out
+    assert json.loads((output / "val_000000.json").read_text())["ocr"] == "ocr json"
+    assert json.loads((output / "val_000001.json").read_text())["ocr"] == "rapidocr"
+    assert not (output / "ocr" / "val_000000.json").exists()
+    assert len(load_ocr(output / "ocr" / "val_000001.json")) > 5
+
+
+@pytest.mark.parametrize(
+    "arguments, overrides, problem",
+    [
+        (["--ocr-dir", "no_such_ocr"], [], "--ocr-dir no_such_ocr does not exist"),
+        (["--weights", "no_such.pth"], [], "--weights no_such.pth does not exist"),
+        ([], ["MODEL.NO_SUCH_KEY", "1"], "config override: Non-existent key: MODEL.NO_SUCH_KEY"),
+    ],
+)
+def test_bad_arguments_stop_before_a_model_is_built(setup, tmp_path, monkeypatch, arguments, overrides, problem):
+    root, opts, _ = setup
+    tool = load_tool()
+    monkeypatch.setattr(tool, "build_model", lambda cfg: pytest.fail("a model was built"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        tool.main([
+            "--config-file", TINY_TEXT_CONFIG, "--weights", str(root / "weights.pth"),
+            "--input", str(root / "val" / "images"), "--output", "out", *arguments, "--opts", *opts, *overrides,
+        ])  # fmt: skip
+    assert stop.value.code == f"infer.py: error: {problem}"
+
+
+@pytest.mark.slow
+def test_bad_config_override_is_a_one_line_error(setup, tmp_path):
+    root, opts, _ = setup
+    result = run_infer(
+        "--config-file", TINY_TEXT_CONFIG, "--weights", root / "weights.pth", "--input", root / "val" / "images",
+        "--output", tmp_path / "out", "--opts", *opts, "MODEL.NO_SUCH_KEY", "1", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    # Only the error, as its last line (library warnings may come before it).
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "infer.py: error: config override: Non-existent key: MODEL.NO_SUCH_KEY"

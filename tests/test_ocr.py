@@ -385,6 +385,13 @@ def test_tool_resumes_and_shards_in_process(tmp_path, ocr_tool, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == mtimes
 
 
+def test_tool_refuses_a_folder_without_images(tmp_path, ocr_tool):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "notes.txt").write_text("not a page")
+    with pytest.raises(SystemExit, match=f"--images {tmp_path / 'images'} holds no images"):
+        ocr_tool.main(["--images", str(tmp_path / "images"), "--out", str(tmp_path / "ocr")])
+
+
 def test_tool_renders_pdf_pages_with_text_layer_and_ocr_fallback(tmp_path, ocr_tool, capsys):
     doc = pymupdf.open()
     page = doc.new_page(width=400, height=300)

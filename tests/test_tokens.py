@@ -205,6 +205,25 @@ def test_from_config_needs_a_tokenizer():
         OCRTokenizer.from_config(tiny_cfg())
 
 
+@pytest.mark.parametrize("key", ["MODEL.VIT.TOKENIZER", "MODEL.VIT.PRETRAINED"])
+def test_missing_tokenizer_or_model_directory_names_the_key(key, tmp_path):
+    from ditod.data.tokens import get_tokenizer
+
+    missing = str(tmp_path / "tokenizr")
+    with pytest.raises(ValueError, match=f"^{key} {missing}: no such directory$"):
+        get_tokenizer(tiny_cfg(key, missing))
+    if key == "MODEL.VIT.PRETRAINED":
+        with pytest.raises(ValueError, match=f"^{key} {missing}: no such directory$"):
+            build_vit_fpn_backbone(tiny_cfg(key, missing, "MODEL.IMAGE_ONLY", True), ShapeSpec(channels=3))
+
+
+def test_directory_without_tokenizer_files_names_the_key(tmp_path):
+    from ditod.data.tokens import get_tokenizer
+
+    with pytest.raises(ValueError, match=f"^MODEL.VIT.TOKENIZER {tmp_path}: cannot be loaded from this directory"):
+        get_tokenizer(tiny_cfg("MODEL.VIT.TOKENIZER", str(tmp_path)))
+
+
 def two_column_page():
     """Named line boxes of a paper page: title, centred authors, an abstract, a centred
     heading over the gutter, two columns with aligned rows and ragged ends, a figure

@@ -20,10 +20,12 @@ SMALL = ["INPUT.MIN_SIZE_TRAIN", "(192,)", "INPUT.MAX_SIZE_TRAIN", "320", "INPUT
          "INPUT.MAX_SIZE_TEST", "320"]  # fmt: skip
 
 
-def run_train_net(*args, cwd):
+def run_train_net(*args, cwd, one_thread=True):
     # One torch thread per process: on a small shared machine a second thread mostly
-    # waits for a core (and two processes already fill two cores).
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # waits for a core.
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    if one_thread:
+        env["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, TRAIN_NET, *map(str, args)]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -85,6 +87,9 @@ def test_training_writes_checkpoints_metrics_and_events(trained):
     checkpoint = torch.load(output / "model_final.pth", weights_only=True)
     assert checkpoint["iteration"] == 2
     assert any("text_fusion" in key for key in checkpoint["model"])
+    # The training data's classes travel with the weights (tools/infer.py reads them).
+    assert checkpoint["thing_classes"] == list(CATEGORIES)
+    assert torch.load(output / "model_best.pth", weights_only=True)["thing_classes"] == list(CATEGORIES)
     assert (output / "inference" / "pages_val" / "coco_instances_results.json").is_file()
 
 
@@ -135,6 +140,33 @@ def test_dataset_argument():
             train_net.parse_args(["--dataset", bad])
 
 
+def test_eval_only_checks_the_test_datasets_only(data):
+    root, datasets, opts = data
+    train_net = load_tool()
+    val = ["--dataset", f"eval_only_val={root}/val.json:{root}/val/images"]
+    val += ["--dataset", f"gone_train={root}/gone.json:{root}/val/images"]
+    # gone_train's json is not there: training needs it, evaluation does not.
+    overrides = [*map(str, opts), "DATASETS.TRAIN", '("gone_train",)', "DATASETS.TEST", '("eval_only_val",)']
+    with pytest.raises(KeyError, match="gone_train.*gone.json does not exist"):
+        train_net.setup(train_net.parse_args(["--config-file", TINY_TEXT_CONFIG, *val, *overrides]))
+    args = ["--config-file", TINY_TEXT_CONFIG, "--eval-only", *val, *overrides, "MODEL.WEIGHTS", "model.pth"]
+    assert train_net.setup(train_net.parse_args(args)).DATASETS.TEST == ("eval_only_val",)
+
+
+def test_missing_ocr_folder_is_a_clear_error_unless_pages_may_lack_ocr(data):
+    root, datasets, opts = data
+    train_net = load_tool()
+    spec = ["--dataset", f"no_ocr={root}/val.json:{root}/val/images:{root}/val/no_ocr"]
+    args = ["--config-file", TINY_TEXT_CONFIG, *spec, *map(str, opts), "DATASETS.TRAIN", '("no_ocr",)']
+    args += ["DATASETS.TEST", "()"]
+    with pytest.raises(KeyError) as error:
+        train_net.setup(train_net.parse_args(args))
+    assert f"its OCR folder {root}/val/no_ocr does not exist" in str(error.value)
+    assert "INPUT.OCR.MISSING empty" in str(error.value) and "Registered datasets" not in str(error.value)
+    for extra in (["INPUT.OCR.MISSING", "empty"], ["MODEL.IMAGE_ONLY", "True"]):
+        assert train_net.setup(train_net.parse_args(args + extra)).DATASETS.TRAIN == ("no_ocr",)
+
+
 @pytest.mark.slow
 def test_unknown_dataset_or_missing_json_is_a_clear_error(data):
     root, datasets, opts = data
@@ -152,6 +184,22 @@ def test_unknown_dataset_or_missing_json_is_a_clear_error(data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
+    "opts, message",
+    [
+        (["SOLVER.MAX_ITERS", "3"], "config override: Non-existent key: SOLVER.MAX_ITERS"),
+        (["SOLVER.MAX_ITER", "3", "--resume"], "--resume comes after the KEY VALUE config overrides"),
+    ],
+)
+def test_config_mistakes_are_one_line_errors(opts, message, tmp_path):
+    result = run_train_net("--config-file", TINY_TEXT_CONFIG, *opts, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("train_net.py: error: ")
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
     "mode",
     [
         # Text fusion on, two micro-batches per step (DDP no_sync on the first).
@@ -163,14 +211,18 @@ def test_unknown_dataset_or_missing_json_is_a_clear_error(data):
 def test_two_cpu_processes(data, mode, tmp_path):
     root, datasets, opts = data
     # Two iterations: DDP reports parameters without gradient at the step after.
+    # No OMP_NUM_THREADS: train_net.py shares the cores between the processes.
     result = check(
         run_train_net(
             "--config-file", TINY_TEXT_CONFIG, "--num-gpus", 2, "--dist-url", "auto", *datasets, *opts,
-            "DATASETS.TEST", "()", "SOLVER.MAX_ITER", 2, "OUTPUT_DIR", tmp_path, *mode, cwd=root,
+            "DATASETS.TEST", "()", "SOLVER.MAX_ITER", 2, "OUTPUT_DIR", tmp_path, *mode, cwd=root, one_thread=False,
         )  # fmt: skip
     )
     log = (tmp_path / "log.txt").read_text()
     assert "World size: 2" in log
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    # A ditod message: ditod's logger writes to the run's log too.
+    assert f"2 CPU processes on this machine: {threads} torch thread(s) each" in log
     last = json.loads((tmp_path / "metrics.json").read_text().splitlines()[-1])
     assert last["iteration"] == 1 and last["total_loss"] > 0
     model = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]

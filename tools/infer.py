@@ -8,10 +8,15 @@ Detect the layout of page images and PDFs with a trained ditod model.
 
 Inputs are image files (png/jpg/jpeg/tif/tiff/bmp), folders (searched recursively for
 images and PDFs) and PDFs (each page rendered at --dpi with PyMuPDF; its text layer is
-the OCR, a page without one is OCRed). A model that reads text gets the OCR jsons of
---ocr-dir (same relative path and stem as the image) or, without --ocr-dir, OCR made on
-the fly by --ocr-engine. Every page goes through the model exactly as the test data
-loader feeds it (VLDatasetMapper: same resize, same tokenization).
+the OCR, a page without one is OCRed). A model that reads text gets the OCR json of an
+image from --ocr-dir (same relative path and stem as the image); an image without one
+there (a warning each), or every image without --ocr-dir, is OCRed on the fly by
+--ocr-engine. Every page goes through the model exactly as the test data loader feeds it
+(VLDatasetMapper: same resize, same tokenization).
+
+The class names and their COCO category ids are those of the training data, saved in the
+checkpoint by training; --classes overrides the names. For a checkpoint without them,
+the names (and ids) are those of the config's first DATASETS.TEST (or TRAIN) dataset.
 
 Written under --output, per page (named after the image, or <pdf stem>_p0001 for PDF
 page 1; folder inputs keep their relative layout):
@@ -39,7 +44,6 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import read_image
@@ -47,7 +51,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
-from ditod import add_vit_config
+from ditod import load_config
 from ditod.data import VLDatasetMapper, register_from_config
 from ditod.data.ocr import OCR_ENGINES, build_ocr_engine, pdf_text_layer, render_pdf_page, save_ocr
 from ditod.engine import VLDetectionCheckpointer, configure_cpu_memory
@@ -102,44 +106,63 @@ def collect_pages(inputs, ocr_dir):
     return pages, failures
 
 
-def class_names(cfg, classes):
-    """--classes, or the class names of the config's first test (or train) dataset."""
-    if not classes:
-        dataset = (list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN) + [None])[0]
-        metadata = MetadataCatalog.get(dataset) if dataset else None
-        if metadata is not None and metadata.get("thing_classes") is None and dataset in DatasetCatalog:
-            if os.path.isfile(metadata.get("json_file", "")):
-                DatasetCatalog.get(dataset)  # loading a COCO json sets its class names
-        classes = metadata.get("thing_classes") if metadata is not None else None
-        if classes is None:
-            raise SystemExit(
-                f"infer.py: error: the class names of {dataset or 'DATASETS.TEST'} are unknown "
-                "(its json is not here); give them with --classes"
-            )
-    if len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+def dataset_classes(dataset):
+    """The class names of a registered dataset, reading its COCO json if need be."""
+    metadata = MetadataCatalog.get(dataset) if dataset else None
+    if metadata is not None and metadata.get("thing_classes") is None and dataset in DatasetCatalog:
+        if os.path.isfile(metadata.get("json_file", "")):
+            DatasetCatalog.get(dataset)  # loading a COCO json sets its class names
+    classes = metadata.get("thing_classes") if metadata is not None else None
+    if classes is None:
         raise SystemExit(
-            f"infer.py: error: {len(classes)} class names for a model of "
-            f"MODEL.ROI_HEADS.NUM_CLASSES {cfg.MODEL.ROI_HEADS.NUM_CLASSES}: {list(classes)}"
+            f"infer.py: error: the checkpoint has no class names and those of {dataset or 'DATASETS.TEST'} "
+            "are unknown (its json is not here); give them with --classes"
         )
-    return list(classes)
+    return classes
 
 
-def category_ids(cfg, num_classes):
-    """COCO category id of each contiguous class: the dataset's own ids when known, else 1..N."""
+def classes_and_ids(cfg, classes, checkpoint, weights):
+    """
+    The class names and the COCO category id of each contiguous class. Names: --classes,
+    else those training saved in the checkpoint, else those of the config's first test
+    (or train) dataset. Ids: the checkpoint's, else the dataset's own when known, else 1..N.
+    """
     dataset = (list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN) + [None])[0]
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    hint = ""
+    if classes:
+        source = "--classes"
+    elif checkpoint.get("thing_classes"):
+        classes, source = checkpoint["thing_classes"], f"the checkpoint {weights}"
+        # The model was trained with these classes: the config must say as many.
+        hint = f" (--opts MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}?)"
+    else:
+        classes, source = dataset_classes(dataset), f"dataset {dataset}"
+    if len(classes) != num_classes:
+        raise SystemExit(
+            f"infer.py: error: {len(classes)} class names from {source} for a model of "
+            f"MODEL.ROI_HEADS.NUM_CLASSES {num_classes}{hint}: {list(classes)}"
+        )
+    logger.info(f"Class names from {source}: {list(classes)}")
+    saved_ids = checkpoint.get("category_ids")
     mapping = MetadataCatalog.get(dataset).get("thing_dataset_id_to_contiguous_id") if dataset else None
-    if mapping and len(mapping) == num_classes:
-        return {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
-    return {i: i + 1 for i in range(num_classes)}
+    if saved_ids and len(saved_ids) == len(classes):
+        ids = dict(enumerate(saved_ids))
+    elif mapping and len(mapping) == num_classes:
+        ids = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+    else:
+        ids = {i: i + 1 for i in range(num_classes)}
+    return list(classes), ids
 
 
 class Detector:
-    """The model of a config with its weights, fed by the test mapper, and its OCR."""
+    """The model of a config with its weights, fed by the test mapper, and its OCR.
+    `checkpoint` holds what the weights file has besides the weights (class names, ...)."""
 
     def __init__(self, cfg, weights, ocr_engine, dpi):
         self.cfg = cfg
         self.model = build_model(cfg).eval()
-        VLDetectionCheckpointer(self.model).load(weights)
+        self.checkpoint = VLDetectionCheckpointer(self.model).load(weights)
         self.mapper = VLDatasetMapper(cfg, is_train=False)
         self.reads_text = self.mapper.ocr_tokenizer is not None
         self.ocr_engine_name = ocr_engine
@@ -166,7 +189,10 @@ class Detector:
             image = self._timed("load", read_image, str(page.source), "RGB")
             record["file_name"] = str(page.source)
             if self.reads_text and page.ocr_file is not None:
-                record["ocr_file"], source = str(page.ocr_file), "ocr json"
+                if page.ocr_file.is_file():
+                    record["ocr_file"], source = str(page.ocr_file), "ocr json"
+                else:
+                    logger.warning(f"{page.name}: no OCR json {page.ocr_file}; OCR on the fly with {self.ocr_engine_name}")
         else:
             with pymupdf.open(page.source) as document:
                 image = self._timed("load", render_pdf_page, document[page.index], self.dpi)
@@ -199,15 +225,15 @@ def detections(instances, classes, ids):
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_vit_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.MODEL.WEIGHTS = args.weights
-    cfg.MODEL.DEVICE = args.device
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_thresh
-    cfg.freeze()
-    register_from_config(cfg)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        cfg.MODEL.WEIGHTS = args.weights
+        cfg.MODEL.DEVICE = args.device
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_thresh
+        cfg.freeze()
+        register_from_config(cfg)
+    except ValueError as e:
+        raise SystemExit(f"infer.py: error: {e}") from None
     return cfg
 
 
@@ -217,11 +243,17 @@ def get_parser():
     parser.add_argument("--weights", required=True, help="the model's checkpoint (.pth)")
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders, PDFs")
     parser.add_argument("--output", required=True, help="folder for the drawn pages and the JSONs")
-    parser.add_argument("--ocr-dir", help="folder of existing OCR jsons of the images (default: OCR on the fly)")
+    parser.add_argument(
+        "--ocr-dir",
+        help="folder of existing OCR jsons of the images (same relative path and stem); "
+        "an image without one is OCRed on the fly (default: all are)",
+    )
     parser.add_argument("--ocr-engine", default="rapidocr", choices=sorted(OCR_ENGINES), help="OCR on the fly")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--classes", nargs="+", help="class names (default: those of DATASETS.TEST)")
+    parser.add_argument(
+        "--classes", nargs="+", help="class names (default: those in the checkpoint, else those of DATASETS.TEST)"
+    )
     parser.add_argument("--dpi", type=float, default=144, help="resolution of rendered PDF pages")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ..., last")
     return parser
@@ -231,14 +263,19 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="ditod")
     setup_logger(name="detectron2")
+    if args.ocr_dir and not os.path.isdir(args.ocr_dir):
+        problem = "is not a folder" if os.path.exists(args.ocr_dir) else "does not exist"
+        raise SystemExit(f"infer.py: error: --ocr-dir {args.ocr_dir} {problem}")
+    if "://" not in args.weights and not os.path.isfile(args.weights):  # URLs are fetched when loading
+        problem = "is not a file" if os.path.exists(args.weights) else "does not exist"
+        raise SystemExit(f"infer.py: error: --weights {args.weights} {problem}")
     cfg = setup_cfg(args)
     configure_cpu_memory(cfg)
     output = Path(args.output)
     pages, failures = collect_pages(args.input, args.ocr_dir)
-    classes = class_names(cfg, args.classes)
-    ids = category_ids(cfg, len(classes))
-    metadata = Metadata(name="infer", thing_classes=classes)
     detector = Detector(cfg, args.weights, args.ocr_engine, args.dpi)
+    classes, ids = classes_and_ids(cfg, args.classes, detector.checkpoint, args.weights)
+    metadata = Metadata(name="infer", thing_classes=classes)
 
     images, annotations, sources = [], [], Counter()
     start = time.perf_counter()

@@ -120,6 +120,8 @@ def image_jobs(images: Path, out: Path) -> List[Job]:
     if not images.is_dir():
         raise SystemExit(f"error: --images {images} is not a folder")
     files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise SystemExit(f"error: --images {images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     jobs = []
     for path in files:
         rel = path.relative_to(images)

@@ -16,13 +16,17 @@ metrics.json (COCO bbox AP, AP50, AP75, APs/m/l, per-class AP). `--num-gpus N` w
 GPUs runs N processes on the CPU (GLOO).
 """
 import argparse
+import logging
 import os
 import sys
 
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+import torch
 
-from ditod import add_vit_config
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ditod import load_config
 from ditod.data import register_from_config, register_vl_coco
 from ditod.engine import VLDetectionCheckpointer, VLTrainer, check_datasets, configure_cpu_memory
 
@@ -38,31 +42,51 @@ def dataset_spec(text):
 
 def setup(args):
     """The frozen config of `args`, with its datasets registered and checked."""
-    cfg = get_cfg()
-    add_vit_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     register_from_config(cfg)
     for spec in args.dataset:
         register_vl_coco(*spec)
-    check_datasets(cfg)
+    check_datasets(cfg, ("TEST",) if args.eval_only else ("TRAIN", "TEST"))
     if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
         raise ValueError("--eval-only evaluates MODEL.WEIGHTS: add MODEL.WEIGHTS path/to/model.pth")
     return cfg
 
 
+def share_cpu_cores(cfg):
+    """Give each of several CPU processes on this machine its share of the cores: torch
+    gives every process all of them, and processes fighting over the same cores ran
+    two-process training 10x slower than one process here. OMP_NUM_THREADS wins."""
+    processes = comm.get_local_size()
+    if cfg.MODEL.DEVICE != "cpu" or processes < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // processes)
+    torch.set_num_threads(threads)
+    logger = logging.getLogger("ditod.tools.train_net")
+    logger.info(f"{processes} CPU processes on this machine: {threads} torch thread(s) each")
+
+
 def main(args):
     cfg = setup(args)
     default_setup(cfg, args)
+    # default_setup sets up detectron2's logger only; ditod's warnings (dropped
+    # annotations, pages without OCR, ...) belong in the same log.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ditod")
+    share_cpu_cores(cfg)
     configure_cpu_memory(cfg)
     if args.eval_only:
         model = VLTrainer.build_model(cfg)
         VLDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return VLTrainer.test(cfg, model)
-    trainer = VLTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        results = VLTrainer.test(cfg, model)
+    else:
+        trainer = VLTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    if comm.get_world_size() > 1:
+        # A process that leaves while another still evaluates can abort it (seen with GLOO).
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
+    return results
 
 
 def parse_args(argv=None):

@@ -3,7 +3,7 @@
 Importing it registers the built-in datasets (see `datasets.register_all_builtin`).
 """
 from .datasets import load_vl_coco_json, register_all_builtin, register_from_config, register_vl_coco
-from .mapper import VLDatasetMapper, build_vl_augmentation, transform_ocr_boxes
+from .mapper import UnreadableImageError, VLDatasetMapper, build_vl_augmentation, transform_ocr_boxes
 from .ocr import OCRFormatError, PageOCR, load_ocr, save_ocr
 from .reading_order import reading_order
 from .tokens import OCRTokenizer, get_tokenizer, load_tokenizer, max_text_tokens, train_tokenizer
@@ -12,6 +12,7 @@ __all__ = [
     "OCRFormatError",
     "OCRTokenizer",
     "PageOCR",
+    "UnreadableImageError",
     "VLDatasetMapper",
     "build_vl_augmentation",
     "get_tokenizer",

@@ -11,7 +11,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-__all__ = ["load_vl_coco_json", "register_vl_coco", "register_from_config", "register_all_builtin"]
+__all__ = ["load_vl_coco_json", "readable_bbox", "register_vl_coco", "register_from_config", "register_all_builtin"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def default_ocr_root(image_root):
     return os.path.join(os.path.dirname(os.path.normpath(image_root)), "ocr")
 
 
-def _readable_bbox(bbox):
+def readable_bbox(bbox):
+    """Whether a COCO annotation's bbox is usable: 4 finite numbers, width and height > 0."""
     return (
         isinstance(bbox, (list, tuple))
         and len(bbox) == 4
@@ -68,7 +69,7 @@ def load_vl_coco_json(json_file, image_root, ocr_root, dataset_name=None):
     for record in records:
         relative = os.path.relpath(record["file_name"], image_root)
         record["ocr_file"] = os.path.join(ocr_root, os.path.splitext(relative)[0] + ".json")
-        annotations = [a for a in record["annotations"] if _readable_bbox(a.get("bbox"))]
+        annotations = [a for a in record["annotations"] if readable_bbox(a.get("bbox"))]
         if len(annotations) < len(record["annotations"]):
             dropped += len(record["annotations"]) - len(annotations)
             first = first or record["file_name"]

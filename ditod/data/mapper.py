@@ -13,7 +13,7 @@ from detectron2.data import transforms as T
 from .ocr import OCRFormatError, PageOCR, load_ocr
 from .tokens import OCRTokenizer
 
-__all__ = ["VLDatasetMapper", "build_vl_augmentation", "transform_ocr_boxes"]
+__all__ = ["UnreadableImageError", "VLDatasetMapper", "build_vl_augmentation", "transform_ocr_boxes"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,10 @@ def transform_ocr_boxes(boxes, transforms, image_shape):
     return boxes, keep
 
 
+class UnreadableImageError(OSError):
+    """A page image that cannot be read (missing, empty, corrupt); the message names the file."""
+
+
 class VLDatasetMapper(DatasetMapper):
     """
     detectron2's `DatasetMapper` (image read with EXIF orientation, augmentations,
@@ -78,7 +82,8 @@ class VLDatasetMapper(DatasetMapper):
     Bad input:
 
     * an image that cannot be read: skipped in training (logged, counted; detectron2's
-      loader takes another page), an error naming the file at inference;
+      loader takes another page), an `UnreadableImageError` naming the file at inference
+      (the evaluation leaves such a page out, see `ditod.engine.evaluation`);
     * OCR json missing or unusable (not UTF-8, not JSON, wrong fields): with
       INPUT.OCR.MISSING "error" the error names the file and the problem; with "empty"
       the page has zero tokens, counted and logged every 100 such pages (per process);
@@ -116,7 +121,7 @@ class VLDatasetMapper(DatasetMapper):
             return utils.read_image(file_name, format=self.image_format)
         except (OSError, SyntaxError) as e:  # PIL reports some broken files as SyntaxError
             if not self.is_train:
-                raise OSError(f"{file_name}: cannot read the image ({e})") from e
+                raise UnreadableImageError(f"{file_name}: cannot read the image ({e})") from e
             self.unreadable_images += 1
             logger.warning(
                 f"Skipping {file_name}: cannot read the image ({e}); "
@@ -169,6 +174,9 @@ class VLDatasetMapper(DatasetMapper):
         Returns:
             detectron2's model input dict plus "input_ids" and "token_boxes"; None when
             the image cannot be read in training (the loader then takes another page).
+
+        Raises:
+            UnreadableImageError: the image cannot be read, at inference.
         """
         dataset_dict = copy.deepcopy(dataset_dict)
         image = self._read_image(dataset_dict["file_name"])

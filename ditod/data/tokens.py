@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LayoutLMv3Tokenizer, XLMRobertaTokenizer
 
-from ..modeling.backbone import build_layoutlmv3_config
+from ..modeling.backbone import build_layoutlmv3_config, from_hub_or_directory
 from .reading_order import reading_order
 
 __all__ = [
@@ -53,8 +53,9 @@ def load_tokenizer(name):
 
 def get_tokenizer(cfg):
     """The tokenizer of MODEL.VIT.TOKENIZER (or MODEL.VIT.PRETRAINED); None when neither is set."""
+    key = "MODEL.VIT.TOKENIZER" if cfg.MODEL.VIT.TOKENIZER else "MODEL.VIT.PRETRAINED"
     name = cfg.MODEL.VIT.TOKENIZER or cfg.MODEL.VIT.PRETRAINED
-    return load_tokenizer(name) if name else None
+    return from_hub_or_directory(key, name, load_tokenizer) if name else None
 
 
 def train_tokenizer(texts, out_dir, vocab_size=1000, kind="bpe"):

@@ -1,6 +1,7 @@
 """Training, evaluation and checkpoint loading."""
 from .checkpoint import VLDetectionCheckpointer, convert_original_layout
 from .cpu_memory import configure_cpu_memory, keep_freed_cpu_memory
+from .evaluation import VLCOCOEvaluator
 from .trainer import (
     AccumulatingTrainer,
     VLTrainer,
@@ -12,6 +13,7 @@ from .trainer import (
 
 __all__ = [
     "AccumulatingTrainer",
+    "VLCOCOEvaluator",
     "VLDetectionCheckpointer",
     "VLTrainer",
     "build_resumable_train_loader",

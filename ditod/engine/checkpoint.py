@@ -1,10 +1,11 @@
 """Loading detection checkpoints: this project's own, and those of the original
-LayoutLMv3 detection code."""
+LayoutLMv3 detection code; saving them with the class names of the training data."""
 import logging
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
 
 __all__ = ["VLDetectionCheckpointer", "convert_original_layout"]
 
@@ -40,7 +41,38 @@ class VLDetectionCheckpointer(DetectionCheckpointer):
     and maps original-layout LayoutLMv3 detection checkpoints onto this project's module
     names. Missing and unexpected keys are reported, parameters of another shape are
     skipped and reported (fvcore's loader), never a crash.
+
+    Given `dataset_name` (the training dataset), `save` also writes that dataset's
+    "thing_classes" (class names in contiguous order) and "category_ids" (the COCO
+    category id of each class) as plain lists, once its metadata has them (when the
+    dataset has been loaded). `load` returns them with the checkpoint's other non-model
+    entries, so a model can be used without its training data at hand.
     """
+
+    def __init__(self, model, save_dir="", *, dataset_name=None, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.dataset_name = dataset_name
+
+    def save(self, name, **kwargs):
+        super().save(name, **{**self._dataset_classes(), **kwargs})
+
+    def _dataset_classes(self):
+        if self.dataset_name is None:
+            return {}
+        metadata = MetadataCatalog.get(self.dataset_name)
+        classes = metadata.get("thing_classes")
+        if classes is None:
+            logger.warning(
+                f"The class names of {self.dataset_name} are not known yet; the checkpoint goes without them"
+            )
+            return {}
+        mapping = metadata.get("thing_dataset_id_to_contiguous_id")
+        if mapping and sorted(mapping.values()) == list(range(len(classes))):
+            ids = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
+            category_ids = [int(ids[i]) for i in range(len(classes))]
+        else:
+            category_ids = list(range(1, len(classes) + 1))
+        return {"thing_classes": [str(c) for c in classes], "category_ids": category_ids}
 
     def _torch_load(self, f):
         with self.path_manager.open(f, "rb") as file:

@@ -20,6 +20,11 @@ uninterrupted run whatever the number of data-loader workers (bit-exact on CPU;
 GPU kernels themselves may be non-deterministic). With SEED < 0 the run draws a seed
 once and keeps it in its checkpoints. One thing is not replayed: a page the mapper
 skips (an unreadable image, logged) shifts the batches of the run that met it.
+
+Evaluation (`--eval-only`, every TEST.EVAL_PERIOD, the end of training) is COCO bbox AP
+on the ground truth the loader reads (`VLCOCOEvaluator`). A page whose image cannot be
+read does not stop it: the page is left out, with a warning that names it (see
+`ditod.engine.evaluation`).
 """
 import contextlib
 import itertools
@@ -40,7 +45,6 @@ from torch.utils.data import Dataset, Sampler
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.data.common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
-from detectron2.evaluation import COCOEvaluator
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from detectron2.utils import comm
@@ -50,6 +54,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..data.mapper import VLDatasetMapper
 from .checkpoint import VLDetectionCheckpointer
+from .evaluation import SkipUnreadablePages, VLCOCOEvaluator, map_or_mark_unreadable
 
 __all__ = [
     "AccumulatingTrainer",
@@ -369,30 +374,45 @@ def write_bbox_metrics(path, dataset_name, results):
 
 
 # ------------------------------------------------------------------- datasets
-def check_datasets(cfg):
+def check_datasets(cfg, splits=("TRAIN", "TEST")):
     """
-    Raise a clear error when DATASETS.TRAIN or DATASETS.TEST names a dataset that is
-    not registered, or one whose COCO json is not there, before anything is built.
+    Raise a clear error, before anything is built, when DATASETS.TRAIN or DATASETS.TEST
+    (those of `splits`) names a dataset that is not registered, one whose COCO json is
+    not there, or, for a model that reads text with INPUT.OCR.MISSING "error", one whose
+    OCR folder is not there.
     """
     registered = set(DatasetCatalog.list())
-    problems = []
-    for key in ("TRAIN", "TEST"):
+    needs_ocr = not cfg.MODEL.IMAGE_ONLY and cfg.INPUT.OCR.MISSING == "error"
+    problems, unknown = [], False
+    for key in splits:
         for name in cfg.DATASETS[key]:
-            json_file = MetadataCatalog.get(name).get("json_file") if name in registered else None
             if name not in registered:
                 problems.append(f"DATASETS.{key} names {name!r}, which is not registered")
-            elif json_file and not os.path.isfile(json_file):
+                unknown = True
+                continue
+            metadata = MetadataCatalog.get(name)
+            json_file, ocr_root = metadata.get("json_file"), metadata.get("ocr_root")
+            if json_file and not os.path.isfile(json_file):
                 problems.append(f"dataset {name!r} (DATASETS.{key}): its json {json_file} does not exist")
+            if needs_ocr and ocr_root and not os.path.isdir(ocr_root):
+                problems.append(
+                    f"dataset {name!r} (DATASETS.{key}): its OCR folder {ocr_root} does not exist (make it with "
+                    f"tools/ocr.py --images {metadata.get('image_root')} --out {ocr_root}, or train without "
+                    "OCR on the pages that lack it: INPUT.OCR.MISSING empty)"
+                )
     if not problems:
         return
-    # detectron2's own built-ins (COCO, LVIS, Cityscapes, ...) would bury the relevant names.
-    builtin = {name for name in registered if DatasetCatalog[name].__module__.startswith("detectron2.")}
-    raise KeyError(
-        f"{'; '.join(problems)}. Registered datasets: {', '.join(sorted(registered - builtin)) or '(none)'} "
-        f"(plus {len(builtin)} detectron2 built-ins such as coco_2017_val). Register a COCO dataset "
-        "with --dataset NAME=JSON:IMAGE_ROOT[:OCR_ROOT] or DATASETS.REGISTER; the built-in ones "
-        "read $DETECTRON2_DATASETS (default ./datasets), see datasets/README.md."
-    )
+    message = "; ".join(problems)
+    if unknown:
+        # detectron2's own built-ins (COCO, LVIS, Cityscapes, ...) would bury the relevant names.
+        builtin = {name for name in registered if DatasetCatalog[name].__module__.startswith("detectron2.")}
+        message += (
+            f". Registered datasets: {', '.join(sorted(registered - builtin)) or '(none)'} "
+            f"(plus {len(builtin)} detectron2 built-ins such as coco_2017_val). Register a COCO dataset "
+            "with --dataset NAME=JSON:IMAGE_ROOT[:OCR_ROOT] or DATASETS.REGISTER; the built-in ones "
+            "read $DETECTRON2_DATASETS (default ./datasets), see datasets/README.md."
+        )
+    raise KeyError(message)
 
 
 # ------------------------------------------------------------------- trainer
@@ -444,7 +464,13 @@ class VLTrainer(DefaultTrainer):
             seed=self.seed,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = VLDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # Checkpoints carry the training data's class names, for tools/infer.py.
+        self.checkpointer = VLDetectionCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            dataset_name=cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None,
+            trainer=weakref.proxy(self),
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -508,11 +534,14 @@ class VLTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=VLDatasetMapper(cfg, False))
+        """detectron2's test loader with the `VLDatasetMapper`; a page whose image cannot be
+        read comes as a marker (`map_or_mark_unreadable`)."""
+        mapper = partial(map_or_mark_unreadable, mapper=VLDatasetMapper(cfg, False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return COCOEvaluator(
+        return VLCOCOEvaluator(
             dataset_name,
             tasks=("bbox",),
             distributed=True,
@@ -522,8 +551,11 @@ class VLTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """detectron2's evaluation, plus `OUTPUT_DIR/inference/<dataset>/metrics.json` per dataset."""
-        results = super().test(cfg, model, evaluators)
+        """
+        detectron2's evaluation, plus `OUTPUT_DIR/inference/<dataset>/metrics.json` per dataset.
+        The model never sees a page whose image cannot be read; `VLCOCOEvaluator` leaves it out.
+        """
+        results = super().test(cfg, SkipUnreadablePages(model), evaluators)
         names = list(cfg.DATASETS.TEST)
         per_dataset = {names[0]: results} if len(names) == 1 else results
         if comm.is_main_process():

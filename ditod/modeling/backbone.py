@@ -3,6 +3,7 @@ transformer, four layers tapped into a stride-4/8/16/32 pyramid, text painted
 back onto the pyramid and mixed in, then detectron2's FPN."""
 import functools
 import logging
+import os
 import re
 
 import torch
@@ -35,6 +36,24 @@ SIZE_PRESETS = {
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
 
+def from_hub_or_directory(key, name, load):
+    """`load(name)` for the config key `key` naming a hub id or a local directory; a
+    clear error naming the key when neither has it (transformers' own error for a
+    missing directory complains about the form of repo ids)."""
+    if name.startswith((os.sep, ".")) and not os.path.isdir(name):
+        raise ValueError(f"{key} {name}: no such directory")
+    try:
+        return load(name)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0]
+        if os.path.isdir(name):
+            raise ValueError(f"{key} {name}: cannot be loaded from this directory ({reason})") from e
+        raise ValueError(
+            f"{key} {name!r}: not a local directory, and the Hugging Face hub has nothing under this "
+            f"name or cannot be reached ({reason})"
+        ) from e
+
+
 def _layer_index(name):
     match = re.fullmatch(r"layer(\d+)", name)
     if match is None:
@@ -49,7 +68,7 @@ def build_layoutlmv3_config(cfg, tokenizer=None):
     """
     vit = cfg.MODEL.VIT
     if vit.PRETRAINED:
-        config = LayoutLMv3Config.from_pretrained(vit.PRETRAINED)
+        config = from_hub_or_directory("MODEL.VIT.PRETRAINED", vit.PRETRAINED, LayoutLMv3Config.from_pretrained)
     else:
         if vit.NAME == "layoutlmv3_custom":
             hidden, layers, heads, intermediate = (

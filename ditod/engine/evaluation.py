@@ -1,0 +1,113 @@
+"""
+COCO bbox evaluation on what the loader reads.
+
+* Annotations with an unreadable bbox: `load_vl_coco_json` drops them, but detectron2's
+  `COCOEvaluator` reads the raw json, where they crash pycocotools or change the AP.
+  `VLCOCOEvaluator` leaves the same annotations out of its ground truth.
+* Pages whose image cannot be read: the test loader turns them into markers
+  (`map_or_mark_unreadable`), `SkipUnreadablePages` keeps them away from the model and
+  `VLCOCOEvaluator` leaves them out of the evaluation, so that one corrupt page neither
+  stops an evaluation nor counts its objects as missed.
+"""
+import contextlib
+import io
+import itertools
+import logging
+
+from torch import nn
+
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from ..data.datasets import readable_bbox
+from ..data.mapper import UnreadableImageError
+
+__all__ = ["UNREADABLE", "SkipUnreadablePages", "VLCOCOEvaluator", "map_or_mark_unreadable"]
+
+logger = logging.getLogger(__name__)
+
+# The key of a marker, the test loader's output for a page whose image cannot be read.
+UNREADABLE = "unreadable"
+# How many left-out pages a warning names.
+_NAMED_PAGES = 5
+
+
+def map_or_mark_unreadable(record, mapper):
+    """
+    `mapper(record)`, or, when the page's image cannot be read, a marker: "image_id",
+    "file_name" and UNREADABLE (the reason), no "image". A marker rather than None,
+    which detectron2's `MapDataset` would replace with another page.
+    """
+    try:
+        return mapper(record)
+    except UnreadableImageError as e:
+        return {"image_id": record["image_id"], "file_name": record["file_name"], UNREADABLE: str(e)}
+
+
+class SkipUnreadablePages(nn.Module):
+    """`model` called on the readable inputs of a batch only; a marker's output is {}."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        # inference_on_dataset puts back the mode it found: the model's own.
+        self.training = model.training
+
+    def forward(self, inputs):
+        readable = [x for x in inputs if UNREADABLE not in x]
+        outputs = iter(self.model(readable) if readable else [])
+        return [{} if UNREADABLE in x else next(outputs) for x in inputs]
+
+
+class VLCOCOEvaluator(COCOEvaluator):
+    """
+    `COCOEvaluator` whose ground truth leaves out the annotations `load_vl_coco_json`
+    drops (`readable_bbox`), and which leaves the pages the test loader could not read
+    (markers, see `map_or_mark_unreadable`) out of the evaluation; both with a warning.
+    """
+
+    def __init__(self, dataset_name, *args, **kwargs):
+        super().__init__(dataset_name, *args, **kwargs)
+        if not self._do_evaluation:
+            return
+        annotations = self._coco_api.dataset["annotations"]
+        kept = [a for a in annotations if readable_bbox(a.get("bbox"))]
+        if len(kept) == len(annotations):
+            return
+        logger.warning(
+            f"{self._metadata.json_file}: {len(annotations) - len(kept)} annotation(s) with an unreadable "
+            f"bbox (not 4 finite numbers, or width/height <= 0) left out of the ground truth of "
+            f"{dataset_name}, as the loader drops them"
+        )
+        self._coco_api.dataset["annotations"] = kept
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            self._coco_api.createIndex()
+
+    def reset(self):
+        super().reset()
+        self._unreadable = []
+
+    def process(self, inputs, outputs):
+        readable = [(x, y) for x, y in zip(inputs, outputs) if UNREADABLE not in x]
+        self._unreadable += [(x["image_id"], x[UNREADABLE]) for x in inputs if UNREADABLE in x]
+        super().process([x for x, _ in readable], [y for _, y in readable])
+
+    def evaluate(self, img_ids=None):
+        """`COCOEvaluator.evaluate` on `img_ids` (default: all pages of the json) without
+        the pages that came as markers in any process."""
+        unreadable = self._unreadable
+        if self._distributed:
+            # Every process gathers, as for the predictions in COCOEvaluator.evaluate;
+            # the others get [] and return {} there.
+            unreadable = list(itertools.chain(*comm.gather(unreadable, dst=0)))
+        if unreadable:
+            reasons = "; ".join(reason for _, reason in unreadable[:_NAMED_PAGES])
+            more = f"; and {len(unreadable) - _NAMED_PAGES} more" if len(unreadable) > _NAMED_PAGES else ""
+            logger.warning(
+                f"{self._metadata.name}: {len(unreadable)} page(s) left out of the evaluation, "
+                f"their image cannot be read: {reasons}{more}"
+            )
+            left_out = {image_id for image_id, _ in unreadable}
+            img_ids = self._coco_api.getImgIds() if img_ids is None else img_ids
+            img_ids = [i for i in img_ids if i not in left_out]
+        return super().evaluate(img_ids=img_ids)
