@@ -52,7 +52,8 @@ def add_vit_config(cfg):
     # ------------------------------------------------------------------ backbone
     _C.MODEL.VIT = CN()
     # Size preset when no PRETRAINED checkpoint is given: "layoutlmv3_base",
-    # "layoutlmv3_large", or "layoutlmv3_custom" to use the size keys below.
+    # "layoutlmv3_large" (24 layers: tap OUT_FEATURES layer7/11/15/23, as the original
+    # large recipe does), or "layoutlmv3_custom" to use the size keys below.
     _C.MODEL.VIT.NAME = "layoutlmv3_base"
     # Hugging Face hub id (microsoft/layoutlmv3-base, microsoft/layoutlmv3-base-chinese)
     # or a local directory saved with save_pretrained. Empty: build from the size keys,
@@ -60,8 +61,8 @@ def add_vit_config(cfg):
     _C.MODEL.VIT.PRETRAINED = ""
     # Tokenizer (hub id or directory) for the OCR words; empty means PRETRAINED.
     _C.MODEL.VIT.TOKENIZER = ""
-    # Size keys, used with NAME "layoutlmv3_custom". HIDDEN_SIZE must be divisible by 6
-    # (LayoutLMv3 splits it into x/y/x/y/h/w layout embeddings) and by NUM_HEADS.
+    # Size keys, used with NAME "layoutlmv3_custom". HIDDEN_SIZE must be even (LayoutLMv3
+    # splits it into x/y/x/y/h/w layout embeddings) and divisible by NUM_HEADS.
     _C.MODEL.VIT.HIDDEN_SIZE = 768
     _C.MODEL.VIT.NUM_LAYERS = 12
     _C.MODEL.VIT.NUM_HEADS = 12

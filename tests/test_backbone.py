@@ -181,7 +181,7 @@ def test_layers_after_the_last_tap_are_dropped():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (("MODEL.VIT.HIDDEN_SIZE", 100), "divisible by 6"),
+        (("MODEL.VIT.HIDDEN_SIZE", 99), "must be even"),
         (("MODEL.VIT.NAME", "vit_huge"), "MODEL.VIT.NAME"),
         (("MODEL.VIT.ATTENTION", "flash"), "MODEL.VIT.ATTENTION"),
         (("MODEL.TEXT_FUSION.MODE", "concat"), "MODEL.TEXT_FUSION.MODE"),
@@ -229,6 +229,29 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_less_saved():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_layout_embeddings_fill_the_hidden_size_as_in_released_checkpoints():
+    from ditod.modeling.backbone import build_layoutlmv3_config
+
+    large = build_layoutlmv3_config(tiny_cfg("MODEL.VIT.NAME", "layoutlmv3_large"))
+    # microsoft/layoutlmv3-large's config.json
+    assert (large.hidden_size, large.coordinate_size, large.shape_size) == (1024, 171, 170)
+    base = build_layoutlmv3_config(tiny_cfg("MODEL.VIT.NAME", "layoutlmv3_base"))
+    assert (base.hidden_size, base.coordinate_size, base.shape_size) == (768, 128, 128)
+    # A hidden size that is not a multiple of 6 builds and runs with text.
+    cfg = tiny_cfg("MODEL.VIT.HIDDEN_SIZE", 100, "MODEL.VIT.NUM_HEADS", 4)
+    bottom_up = build_backbone(cfg).bottom_up.eval()
+    inputs = {
+        "images": torch.randn(1, 3, 64, 96),
+        "input_ids": torch.randint(5, 300, (1, 7)),
+        "bbox": torch.randint(0, 1000, (1, 7, 4)).sort(-1).values,
+        "attention_mask": torch.ones(1, 7, dtype=torch.long),
+        "token_boxes": torch.rand(1, 7, 4) * 60,
+    }
+    with torch.no_grad():
+        features = bottom_up(inputs)
+    assert features["layer0"].shape == (1, 100, 16, 24)
 
 
 def test_backbone_class_is_the_registered_bottom_up():

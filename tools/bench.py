@@ -20,12 +20,16 @@ run, since these machines are shared and noisy):
          fusion modules' forward + backward at the same shapes and memory layouts over
          the text step. On the CPU, the *_keep_freed_memory runs repeat text and
          image-only with CPU_KEEP_FREED_MEMORY on (applied as tools/train_net.py does).
-  data   VLDatasetMapper pages/s in one process on the shared PubLayNet pages (OCR
+  data   VLDatasetMapper pages/s in one process on the PubLayNet sample pages (OCR
          jsons cached), with text vs image-only, training augmentations of the recipe.
-  ocr    tools/ocr.py pages/s on the shared PubLayNet pages with 1 and 2 workers, and
+  ocr    tools/ocr.py pages/s on the PubLayNet sample pages with 1 and 2 workers, and
          the share of time per stage.
   infer  seconds per page of tools/infer.py's detector (OCR and model separately)
          for the tiny and the base model.
+
+The sample pages (data, ocr, infer) are those of --samples: a folder of page images
+with their COCO json samples.json, by default the project's
+../shared/data/publaynet-samples next to the repository.
 
 Results of the sections run now replace those of earlier runs for the same device;
 the others are kept, so CPU and GPU figures accumulate in one file.
@@ -47,7 +51,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared" / "data" / "publaynet-samples"
+# Real pages with COCO annotations (images + samples.json), for the data, ocr and infer
+# sections: --samples, by default the project's shared folder next to the repository.
+DEFAULT_SAMPLES = REPO.parent / "shared" / "data" / "publaynet-samples"
+SAMPLE_SECTIONS = ("data", "ocr", "infer")
 CACHE = REPO / "bench" / "cache"
 BATCH, TOKENS, CHANNELS, PAGE = 2, 510, 768, (800, 608)
 STRIDES = (4, 8, 16, 32)
@@ -181,13 +188,9 @@ def step_configs(device):
 
 
 def base_cfg(overrides, device):
-    from detectron2.config import get_cfg
+    from ditod import load_config
 
-    from ditod import add_vit_config
-
-    cfg = get_cfg()
-    add_vit_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / "Base-Cascade-LayoutLMv3.yaml"))
+    cfg = load_config(str(REPO / "configs" / "Base-Cascade-LayoutLMv3.yaml"))
     # Architecture of layoutlmv3-base, built from size keys (no hub here).
     cfg.MODEL.VIT.PRETRAINED = ""
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 10
@@ -305,11 +308,11 @@ def bench_step(args):
 
 
 # ----------------------------------------------------------------------------- OCR cache
-def publaynet_ocr(workers=2):
-    """OCR jsons of the shared PubLayNet pages, made once with tools/ocr.py and cached."""
+def publaynet_ocr(samples, workers=2):
+    """OCR jsons of the sample pages, made once with tools/ocr.py and cached."""
     out = CACHE / "publaynet-ocr"
     ocr_tool = load_tool("ocr")
-    summary = ocr_tool.run_ocr(ocr_tool.image_jobs(SAMPLES, out), workers=workers)
+    summary = ocr_tool.run_ocr(ocr_tool.image_jobs(samples, out), workers=workers)
     if summary.failures:
         raise RuntimeError(f"OCR of the PubLayNet samples failed: {summary.failures}")
     return out
@@ -317,12 +320,12 @@ def publaynet_ocr(workers=2):
 
 def bench_ocr(args):
     ocr_tool = load_tool("ocr")
-    results = {"pages": len(list(SAMPLES.glob("*.jpg")))}
+    results = {"pages": len(list(args.samples.glob("*.jpg")))}
     for workers in (1, 2):
         runs = []
         for _ in range(max(1, args.repeats - 1)):
             with tempfile.TemporaryDirectory() as out:
-                runs.append(ocr_tool.run_ocr(ocr_tool.image_jobs(SAMPLES, Path(out)), workers=workers))
+                runs.append(ocr_tool.run_ocr(ocr_tool.image_jobs(args.samples, Path(out)), workers=workers))
         best = sorted(runs, key=lambda s: s.seconds)[len(runs) // 2]
         total = sum(best.stage_seconds.values())
         results[f"workers_{workers}"] = {
@@ -351,9 +354,9 @@ def bench_data(args):
 
     from ditod.data import VLDatasetMapper, register_vl_coco
 
-    ocr_dir = publaynet_ocr()
+    ocr_dir = publaynet_ocr(args.samples)
     tokenizer = samples_tokenizer(ocr_dir)
-    register_vl_coco("bench_publaynet", str(SAMPLES / "samples.json"), str(SAMPLES), str(ocr_dir))
+    register_vl_coco("bench_publaynet", str(args.samples / "samples.json"), str(args.samples), str(ocr_dir))
     records = DatasetCatalog.get("bench_publaynet")
     results = {"pages": len(records), "augmentation": "recipe training: multi-scale 480-800, DETR crop, flip"}
     mappers = {}
@@ -385,9 +388,9 @@ def bench_infer(args):
     from ditod.engine import VLDetectionCheckpointer
 
     infer = load_tool("infer")
-    ocr_dir = publaynet_ocr()
+    ocr_dir = publaynet_ocr(args.samples)
     tokenizer = samples_tokenizer(ocr_dir)
-    pages = sorted(SAMPLES.glob("*.jpg"))[: max(3, args.repeats + 2)]
+    pages = sorted(args.samples.glob("*.jpg"))[: max(3, args.repeats + 2)]
     results = {"pages": len(pages), "note": "randomly initialised weights; OCR on the fly with rapidocr"}
     configs = {
         "tiny": (REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml", {}),
@@ -395,13 +398,9 @@ def bench_infer(args):
     }
     with tempfile.TemporaryDirectory() as scratch:
         for name, (config_file, overrides) in configs.items():
-            from detectron2.config import get_cfg
+            from ditod import load_config
 
-            from ditod import add_vit_config
-
-            cfg = get_cfg()
-            add_vit_config(cfg)
-            cfg.merge_from_file(str(config_file))
+            cfg = load_config(str(config_file))
             cfg.MODEL.DEVICE = args.device
             cfg.MODEL.VIT.TOKENIZER = str(tokenizer)
             for key, value in overrides.items():
@@ -513,6 +512,11 @@ def main():
     parser.add_argument("--loop-budget", type=float, default=120.0, help="seconds per stride for the loop")
     parser.add_argument("--quick", action="store_true", help="2 repeats, 30 s loop budget")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--samples", type=Path, default=DEFAULT_SAMPLES,
+        help=f"folder of page images with their COCO json samples.json, for the {'/'.join(SAMPLE_SECTIONS)} "
+        f"sections (default: {DEFAULT_SAMPLES})",
+    )
     parser.add_argument("--loop-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--step-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -522,6 +526,12 @@ def main():
         return loop_worker(args.device, args.loop_worker)
     if args.step_worker:
         return step_worker(args.step_worker, args.device, args.repeats)
+    needs_samples = [name for name in args.sections if name in SAMPLE_SECTIONS]
+    if needs_samples and not (args.samples / "samples.json").is_file():
+        parser.error(
+            f"--samples {args.samples} has no samples.json: the {', '.join(needs_samples)} section(s) "
+            "need real pages with their COCO json (or leave them out with --sections)"
+        )
 
     args.out.mkdir(parents=True, exist_ok=True)
     report_path = args.out / "perf.json"

@@ -61,6 +61,17 @@ def _layer_index(name):
     return int(match.group(1))
 
 
+def layout_embedding_sizes(hidden):
+    """
+    Sizes of LayoutLMv3's x/y coordinate and h/w shape embeddings, concatenated as
+    x0, y0, x1, y1, h, w into `hidden` (an even number) features: a sixth each, the
+    coordinates rounded up, as in the released checkpoints (base 768: 128 and 128;
+    large 1024: 171 and 170).
+    """
+    coordinate = -(-hidden // 6)
+    return coordinate, (hidden - 4 * coordinate) // 2
+
+
 def build_layoutlmv3_config(cfg, tokenizer=None):
     """
     The `LayoutLMv3Config` described by `cfg`: read from MODEL.VIT.PRETRAINED when set,
@@ -81,18 +92,19 @@ def build_layoutlmv3_config(cfg, tokenizer=None):
                 f"MODEL.VIT.NAME must be one of {sorted(SIZE_PRESETS) + ['layoutlmv3_custom']}, "
                 f"got {vit.NAME!r}"
             )
-        if hidden % 6 or hidden % heads:
+        if hidden % 2 or hidden < 6 or hidden % heads:
             raise ValueError(
-                f"MODEL.VIT.HIDDEN_SIZE {hidden} must be divisible by 6 (layout embeddings) "
-                f"and by MODEL.VIT.NUM_HEADS {heads}"
+                f"MODEL.VIT.HIDDEN_SIZE {hidden} must be even and at least 6 (layout embeddings) "
+                f"and divisible by MODEL.VIT.NUM_HEADS {heads}"
             )
+        coordinate, shape = layout_embedding_sizes(hidden)
         config = LayoutLMv3Config(
             hidden_size=hidden,
             num_hidden_layers=layers,
             num_attention_heads=heads,
             intermediate_size=intermediate,
-            coordinate_size=hidden // 6,
-            shape_size=hidden // 6,
+            coordinate_size=coordinate,
+            shape_size=shape,
             vocab_size=len(tokenizer) if tokenizer is not None else vit.VOCAB_SIZE,
             max_position_embeddings=vit.MAX_POSITION_EMBEDDINGS,
             patch_size=vit.PATCH_SIZE,
