@@ -88,6 +88,60 @@ def test_cdla_to_coco(cdla_dir, capsys):
     assert MetadataCatalog.get(name).thing_classes == CDLA_CLASSES
 
 
+def test_cdla_to_coco_leaves_out_malformed_shapes(tmp_path, capsys):
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (100, 100), "white").save(root / "p.jpg")
+    shapes = [
+        "oops",  # not an object
+        shape("Text", [[1, 1], [2, 2], [3, 3]]),  # collinear: no area
+        shape("Text", [[0, 0, 1], [5, 0, 2]]),  # 3-D points
+        shape("Text", [[0, 0], [50, 0], [50, float("nan")]]),
+        shape("Text", [[0, 0], [True, 50], [50, 50]]),
+        shape("Text", "10,10,20,20"),
+        shape("Table", [[-50, -50], [-10, -50], [-10, -10], [-50, -10]]),  # off the page: clipped to a point
+        shape("Title", [[10, 10], [60, 10], [60, 40], [10, 40]]),
+    ]
+    (root / "p.json").write_text(json.dumps(labelme("p.jpg", 100, 100, shapes)))
+    out = tmp_path / "train.json"
+    assert load_script("cdla_to_coco").main(["--labelme-dir", str(root), "--out", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "1 pages, 1 annotations; 0 page(s) and 7 shape(s) left out" in summary
+    assert "1 shape(s): not an object" in summary
+    assert "4 shape(s): points are not [x, y] pairs of finite numbers" in summary
+    assert "2 shape(s): no area" in summary
+    (annotation,) = json.loads(out.read_text())["annotations"]
+    assert annotation["bbox"] == [10, 10, 50, 30] and annotation["area"] == 1500
+
+
+def test_cdla_to_coco_reports_a_json_that_is_not_utf8(cdla_dir, capsys):
+    tmp_path, root = cdla_dir
+    Image.new("RGB", (300, 500), "white").save(root / "train_0005.jpg")
+    page = labelme("train_0005.jpg", 300, 500, [shape("文本", [[10, 10], [90, 10], [90, 40]])])
+    (root / "train_0005.json").write_bytes(json.dumps(page, ensure_ascii=False).encode("gbk"))
+    out = tmp_path / "train.json"
+    assert load_script("cdla_to_coco").main(["--labelme-dir", str(root), "--out", str(out)]) == 1
+    summary = capsys.readouterr().out
+    assert "3 page(s) and 2 shape(s) left out" in summary
+    assert f"page {root / 'train_0005.json'}: not UTF-8 (" in summary
+    assert "codec" not in summary
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty", "a file"])
+def test_cdla_to_coco_without_labelme_jsons_is_an_error(tmp_path, capsys, folder):
+    labelme_dir = tmp_path / "images"
+    if folder == "empty":
+        labelme_dir.mkdir()
+        Image.new("RGB", (10, 10), "white").save(labelme_dir / "p.jpg")
+    elif folder == "a file":
+        labelme_dir.write_text("{}")
+    out = tmp_path / "train.json"
+    assert load_script("cdla_to_coco").main(["--labelme-dir", str(labelme_dir), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"No json under {labelme_dir}") and captured.err.count("\n") == 1
+    assert "Wrote" not in captured.out and not out.exists()
+
+
 def doclaynet_page(page_hash, cells, width=1025, height=1025):
     return {
         "metadata": {"page_hash": page_hash, "original_filename": "report.pdf", "page_no": 3, "num_pages": 9,

@@ -2,6 +2,7 @@
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 from collections import Counter, defaultdict
@@ -264,10 +265,15 @@ def test_ocr_noise_changes_the_ocr_not_the_page():
         assert (b.ocr.boxes[:, 0] + b.ocr.boxes[:, 2] <= b.ocr.width).all()
 
 
-def test_make_synthetic_tool_writes_several_splits(tmp_path, capsys):
+def make_synthetic_tool():
     spec = importlib.util.spec_from_file_location("make_synthetic", os.path.join(REPO, "tools", "make_synthetic.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_make_synthetic_tool_writes_several_splits(tmp_path, capsys):
+    tool = make_synthetic_tool()
     tool.main(["--out", str(tmp_path), "--splits", "train:3", "val:2", "--hard-text", "--seed", "4"])
     for split, count in (("train", 3), ("val", 2)):
         coco = json.loads((tmp_path / f"{split}.json").read_text())
@@ -277,3 +283,41 @@ def test_make_synthetic_tool_writes_several_splits(tmp_path, capsys):
     assert "train: 3 pages" in summary and "val: 2 pages" in summary and "Table caption" in summary
     with pytest.raises(SystemExit):
         tool.main(["--out", str(tmp_path), "--splits", "train:x"])
+
+
+def test_make_synthetic_rerun_removes_the_earlier_split(tmp_path, caplog):
+    tool = make_synthetic_tool()
+    tool.main(["--out", str(tmp_path), "--splits", "val:3", "train:1"])
+    # What ditod.data.ocr.atomic_write leaves when a run is killed mid-write.
+    (tmp_path / "val" / "ocr" / ".val_000002.json.0123abcd.tmp").write_text("{")
+    train = tree_digest(tmp_path / "train")
+    with caplog.at_level(logging.INFO, logger="ditod.tools.make_synthetic"):
+        tool.main(["--out", str(tmp_path), "--split", "val", "--num-pages", "1"])
+    assert "Removing the earlier val split" in caplog.text and "train split" not in caplog.text
+    assert len(json.loads((tmp_path / "val.json").read_text())["images"]) == 1
+    assert sorted(os.listdir(tmp_path / "val" / "images")) == ["val_000000.png"]
+    assert sorted(os.listdir(tmp_path / "val" / "ocr")) == ["val_000000.json"]
+    assert tree_digest(tmp_path / "train") == train
+
+
+@pytest.mark.parametrize("foreign", ["val/notes.txt", "val/images/cover.png", "val/ocr/val_000000.txt", "train.json"])
+def test_make_synthetic_refuses_to_remove_files_it_did_not_write(tmp_path, foreign):
+    tool = make_synthetic_tool()
+    tool.main(["--out", str(tmp_path), "--splits", "val:2"])
+    (tmp_path / foreign).write_text('{"images": []}')
+    before = tree_digest(tmp_path)
+    with pytest.raises(SystemExit) as error:
+        tool.main(["--out", str(tmp_path), "--splits", "val:1", "train:1"])
+    message = str(error.value.code)
+    assert message.startswith("make_synthetic.py: error: ") and "\n" not in message
+    assert os.path.basename(foreign) in message or os.path.dirname(foreign) in message
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("args", [["--split", "a/b", "--num-pages", "1"], ["--splits", "..:1"]])
+def test_make_synthetic_split_name_must_be_a_file_name(tmp_path, capsys, args):
+    with pytest.raises(SystemExit) as error:
+        make_synthetic_tool().main(["--out", str(tmp_path), *args])
+    assert error.value.code == 2
+    assert "split name must be a plain file name" in capsys.readouterr().err.splitlines()[-1]
+    assert not os.listdir(tmp_path)

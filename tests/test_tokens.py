@@ -281,15 +281,24 @@ def test_reading_order_single_column_is_top_to_bottom():
     assert perm[reading_order(boxes[perm])].tolist() == list(range(30))
 
 
-def test_train_tokenizer_tool(tmp_path, capsys):
+def train_tokenizer_tool():
     path = os.path.join(REPO, "tools", "train_tokenizer.py")
     spec = importlib.util.spec_from_file_location("train_tokenizer_tool", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def write_ocr_pages(folder, lines):
+    folder.mkdir(parents=True)
+    for i, line in enumerate(lines):
+        (folder / f"p{i}.json").write_text(json.dumps({"W": 100, "H": 100, "words": [line], "bbox": [[0, 0, 10, 10]]}))
+
+
+def test_train_tokenizer_tool(tmp_path, capsys):
+    tool = train_tokenizer_tool()
     pages = tmp_path / "ocr" / "sub"
-    pages.mkdir(parents=True)
-    for i, line in enumerate(english_corpus(40)):
-        (pages / f"p{i}.json").write_text(json.dumps({"W": 100, "H": 100, "words": [line], "bbox": [[0, 0, 10, 10]]}))
+    write_ocr_pages(pages, english_corpus(40))
     (pages / "broken.json").write_text('{"W": 100, "H"')
     out = tmp_path / "tok"
     assert tool.main(["--ocr-dir", str(tmp_path / "ocr"), "--out", str(out), "--vocab-size", "300"]) == 0
@@ -297,6 +306,59 @@ def test_train_tokenizer_tool(tmp_path, capsys):
     assert "40 lines of 40 pages" in summary and "1 file(s) skipped" in summary and "broken.json" in summary
     tok = AutoTokenizer.from_pretrained(str(out))
     assert len(tok) == 300
+
+
+@pytest.mark.parametrize(
+    "kind, vocab_size, texts, message",
+    [
+        ("bpe", 260, ENGLISH, "vocabulary size 260 is below the minimum of a byte-level BPE, 261 "),
+        ("bpe", 0, [], "vocabulary size 0 is below the minimum of a byte-level BPE, 261 "),
+        ("sentencepiece", 4, [], "vocabulary size 4 is below the minimum of a sentencepiece vocabulary, 5 "),
+        # 23 distinct characters with "▁"; fewer than 10 need one more (the trainer never finishes on 8).
+        ("sentencepiece", 22, ENGLISH, "its words have 23 distinct characters .* at least 23$"),
+        ("sentencepiece", 7, ["文档 版面", "abc"], "its words have 8 distinct characters .* at least 9$"),
+    ],
+)
+def test_train_tokenizer_vocabulary_too_small(tmp_path, kind, vocab_size, texts, message):
+    with pytest.raises(ValueError, match=message):
+        train_tokenizer(texts, tmp_path, vocab_size=vocab_size, kind=kind)
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("kind, vocab_size, texts", [("bpe", 261, ENGLISH), ("sentencepiece", 23, ENGLISH),
+                                                      ("sentencepiece", 9, ["文档 版面", "abc"])])  # fmt: skip
+def test_train_tokenizer_smallest_vocabulary(tmp_path, kind, vocab_size, texts):
+    tokenizer = train_tokenizer(texts, tmp_path, vocab_size=vocab_size, kind=kind)
+    assert len(tokenizer) >= vocab_size
+    assert tokenizer.unk_token_id not in tokenizer.backend_tokenizer.encode(texts[0]).ids
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--vocab-size", "10"], "vocabulary size 10 is below the minimum of a byte-level BPE, 261 "),
+        (["--kind", "sentencepiece", "--vocab-size", "10"], "too small for the text: its words have 23 distinct"),
+    ],
+)
+def test_train_tokenizer_tool_vocabulary_too_small(tmp_path, capsys, args, message):
+    write_ocr_pages(tmp_path / "ocr", [" ".join(ENGLISH)])
+    out = tmp_path / "tok"
+    assert train_tokenizer_tool().main(["--ocr-dir", str(tmp_path / "ocr"), "--out", str(out), *args]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert error.startswith("train_tokenizer.py: error: ") and message in error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("out", ["tok", "tok/sub"])
+def test_train_tokenizer_tool_out_must_be_a_folder(tmp_path, capsys, monkeypatch, out):
+    write_ocr_pages(tmp_path / "ocr", english_corpus(3))
+    (tmp_path / "tok").write_text("not a folder")
+    tool = train_tokenizer_tool()
+    monkeypatch.setattr(tool, "train_tokenizer", lambda *args, **kwargs: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as error:
+        tool.main(["--ocr-dir", str(tmp_path / "ocr"), "--out", str(tmp_path / out)])
+    assert error.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"{tmp_path / 'tok'} is not a folder")
 
 
 def test_folder_without_tokenizer_files_is_a_clear_error(tmp_path):

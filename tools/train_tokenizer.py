@@ -9,10 +9,13 @@ size keys (no MODEL.VIT.PRETRAINED): the model's vocabulary then follows the
 tokenizer. A pretrained LayoutLMv3 needs the tokenizer it was trained with instead.
 
 OCR jsons are found recursively. An unreadable one is skipped and reported; the
-exit status is 1 when no line at all could be read.
+exit status is 1 when no line at all could be read. --vocab-size is at least 261 for
+bpe (its 256 byte symbols and 5 special tokens); for sentencepiece it must hold every
+distinct character of the text, which is checked once the text is read.
 """
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +40,14 @@ def parse_args(argv=None):
         default="bpe",
         help="bpe: byte-level BPE like LayoutLMv3-base; sentencepiece: Unigram like XLM-R / LayoutLMv3-Chinese",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Found before training, which transformers' save would fail only after.
+    out = Path(args.out)
+    existing = next(path for path in (out, *out.parents) if os.path.lexists(path))
+    if not existing.is_dir():
+        where = "" if existing == out else f": {existing}"
+        parser.error(f"--out {args.out}{where} is not a folder")
+    return args
 
 
 class OCRCorpus:
@@ -69,7 +79,11 @@ def main(argv=None):
         print(f"No OCR json under {', '.join(args.ocr_dir)}", file=sys.stderr)
         return 1
     start = time.perf_counter()
-    tokenizer = train_tokenizer(corpus, args.out, vocab_size=args.vocab_size, kind=args.kind)
+    try:
+        tokenizer = train_tokenizer(corpus, args.out, vocab_size=args.vocab_size, kind=args.kind)
+    except ValueError as e:
+        print(f"train_tokenizer.py: error: {e}", file=sys.stderr)
+        return 1
     seconds = time.perf_counter() - start
     print(
         f"Tokenizer ({args.kind}, {len(tokenizer)} tokens) trained on {corpus.lines} lines of "

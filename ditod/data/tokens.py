@@ -66,7 +66,10 @@ def train_tokenizer(texts, out_dir, vocab_size=1000, kind="bpe"):
     Args:
         texts: iterable of strings (e.g. OCR lines); read once.
         vocab_size: target vocabulary size, special tokens included. A byte-level BPE
-            always keeps its 256 byte symbols.
+            always keeps its 256 byte symbols, so it needs at least 261; a sentencepiece
+            vocabulary needs at least the 5 special tokens, and room for every distinct
+            character of `texts` (the "▁" word-start piece included; one more when
+            they are fewer than 10).
         kind: "bpe": a byte-level BPE like RoBERTa's and LayoutLMv3-base's
             (`LayoutLMv3Tokenizer`, word-start prefix on every word);
             "sentencepiece": a Unigram model with the "▁" word-start piece like XLM-R's
@@ -75,8 +78,19 @@ def train_tokenizer(texts, out_dir, vocab_size=1000, kind="bpe"):
 
     Returns:
         The saved tokenizer, as `AutoTokenizer` loads it.
+
+    Raises:
+        ValueError: for an unknown kind or a vocab_size below these minimums (the
+            characters of `texts` are known only once they are read).
     """
     if kind == "bpe":
+        byte_symbols = len(pre_tokenizers.ByteLevel.alphabet())
+        if vocab_size < byte_symbols + len(SPECIAL_TOKENS):
+            raise ValueError(
+                f"vocabulary size {vocab_size} is below the minimum of a byte-level BPE, "
+                f"{byte_symbols + len(SPECIAL_TOKENS)} ({byte_symbols} byte symbols and "
+                f"{len(SPECIAL_TOKENS)} special tokens)"
+            )
         backend = Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         backend.decoder = decoders.ByteLevel()
@@ -87,6 +101,11 @@ def train_tokenizer(texts, out_dir, vocab_size=1000, kind="bpe"):
             show_progress=False,
         )
     elif kind == "sentencepiece":
+        if vocab_size < len(SPECIAL_TOKENS):
+            raise ValueError(
+                f"vocabulary size {vocab_size} is below the minimum of a sentencepiece vocabulary, "
+                f"{len(SPECIAL_TOKENS)} (its special tokens)"
+            )
         backend = Tokenizer(models.Unigram())
         backend.pre_tokenizer = pre_tokenizers.Sequence(
             [
@@ -99,7 +118,31 @@ def train_tokenizer(texts, out_dir, vocab_size=1000, kind="bpe"):
         )
     else:
         raise ValueError(f"Tokenizer kind must be 'bpe' or 'sentencepiece', got {kind!r}")
-    backend.train_from_iterator(texts, trainer)
+
+    def checking_size(lines):
+        """Yield `lines`, then raise ValueError when the Unigram trainer cannot make a
+        vocabulary of `vocab_size` from them."""
+        seen = set()
+        for line in lines:
+            seen.update(line)
+            yield line
+        # The characters of the words (whitespace as the pre-tokenizer splits it), each
+        # word starting with "▁". The backend itself is locked while it trains.
+        split = pre_tokenizers.WhitespaceSplit().pre_tokenize_str
+        chars = {c for c in seen if split(c)}
+        chars |= {WORD_START} if chars else set()
+        # The trainer keeps a piece per character of the words ("▁" included) and one for
+        # unknown pieces, and prunes until it holds at most 1.1 x vocab_size: a smaller
+        # size fails, or never finishes.
+        minimum = len(chars) if len(chars) * 11 // 10 > len(chars) else len(chars) + 1
+        if vocab_size < minimum:
+            raise ValueError(
+                f"vocabulary size {vocab_size} is too small for the text: its words have {len(chars)} "
+                f"distinct characters (the word-start {WORD_START!r} included), which need a "
+                f"sentencepiece vocabulary size of at least {minimum}"
+            )
+
+    backend.train_from_iterator(checking_size(texts) if kind == "sentencepiece" else texts, trainer)
 
     # The transformers classes rebuild their pipeline (pre-tokenizer, post-processor)
     # from the vocabulary, exactly as they do for the released checkpoints.
