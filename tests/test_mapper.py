@@ -274,17 +274,22 @@ def test_unusable_ocr_file(tokenizer_dir, page, tmp_path, caplog, name, problem)
     assert name in caplog.text and problem in caplog.text
 
 
-def test_missing_ocr_file(tokenizer_dir, page, caplog):
+def test_missing_ocr_file(tokenizer_dir, page, tmp_path, caplog):
     record = dict(page[0], ocr_file="/nonexistent/dir/page.json")
     with pytest.raises(FileNotFoundError, match="/nonexistent/dir/page.json"):
         VLDatasetMapper(make_cfg(tokenizer_dir), is_train=True)(record)
     mapper = mapper_with(make_cfg(tokenizer_dir, "INPUT.OCR.MISSING", "empty"), [])
+    # 150 pages, each mapped twice (two epochs): counted once each.
+    pages = []
+    for i in range(150):
+        (tmp_path / f"page{i}.png").symlink_to(record["file_name"])
+        pages.append(dict(record, file_name=str(tmp_path / f"page{i}.png")))
     with caplog.at_level(logging.WARNING, logger="ditod.data.mapper"):
-        for _ in range(150):
-            assert mapper(record)["input_ids"].shape == (0,)
+        for epoch_page in pages + pages:
+            assert mapper(epoch_page)["input_ids"].shape == (0,)
     warnings = [r for r in caplog.records if "without usable OCR" in r.getMessage()]
     assert len(warnings) == 2 and "101 page(s)" in warnings[1].getMessage()
-    assert mapper.pages_without_ocr == 150
+    assert len(mapper.pages_without_ocr) == 150
 
 
 def test_corrupt_image(tokenizer_dir, page, tmp_path, caplog):

@@ -280,6 +280,28 @@ def test_train_stream_resumes_exactly_whatever_the_workers(stream_dataset, group
     assert stream(name, 0, 12, workers=0, grouping=grouping, seed=8) != full
 
 
+def test_missing_ocr_jsons_stop_the_loader_before_training(tmp_path):
+    (tmp_path / "0.json").write_text("{}")
+    records = [
+        {"image_id": i, "file_name": f"{i}.png", "width": 300, "height": 400, "ocr_file": str(tmp_path / f"{i}.json")}
+        for i in range(3)
+    ]
+    DatasetCatalog.register("trainer_test_ocr_gaps", lambda: copy.deepcopy(records))
+    try:
+        cfg = get_cfg()
+        add_vit_config(cfg)
+        cfg.merge_from_list(["DATASETS.TRAIN", ("trainer_test_ocr_gaps",), "SOLVER.IMS_PER_BATCH", 1,
+                             "DATALOADER.FILTER_EMPTY_ANNOTATIONS", False])  # fmt: skip
+        with pytest.raises(FileNotFoundError, match=rf"2 of the 3 pages of trainer_test_ocr_gaps .* {tmp_path}/1.json"):
+            build_resumable_train_loader(cfg, noisy_mapper)
+        for key, value in (("INPUT.OCR.MISSING", "empty"), ("MODEL.IMAGE_ONLY", True)):
+            relaxed = cfg.clone()
+            relaxed.merge_from_list([key, value])
+            assert next(iter(build_resumable_train_loader(relaxed, noisy_mapper)))
+    finally:
+        DatasetCatalog.remove("trainer_test_ocr_gaps")
+
+
 # ------------------------------------------------------------------ exact resume
 
 

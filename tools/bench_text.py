@@ -20,12 +20,15 @@ several configurations:
   text_no_fusion      text in the transformer only (MODEL.TEXT_FUSION.MODE none)
 
 Each run is tools/train_net.py then tools/train_net.py --eval-only on the validation
-pages. Results: bench/results/text_experiment.json and .md (overall COCO bbox AP,
+pages. The pages, the tokenizer and each run are kept under --out and reused by a later
+call with the same settings (pages, seeds, iterations, overrides); other settings make
+them again. Results: bench/results/text_experiment.json and .md (overall COCO bbox AP,
 per-class AP, and the mean AP of the text-dependent classes).
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,21 +54,35 @@ def run(command, env, log_file):
         subprocess.run([str(c) for c in command], check=True, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
+def data_settings(args):
+    return {"train_pages": args.train_pages, "val_pages": args.val_pages, "data_seed": args.data_seed}
+
+
+def made_with(folder, settings):
+    """Whether `folder` holds an output made with `settings` (see `record_settings`)."""
+    path = folder / "bench_settings.json"
+    return path.exists() and json.loads(path.read_text()) == settings
+
+
+def record_settings(folder, settings):
+    (folder / "bench_settings.json").write_text(json.dumps(settings))
+
+
 def prepare_data(out, args, env):
     synthetic = out / "datasets" / "synthetic"
-    if not (synthetic / "val.json").exists():
+    tokenizer = out / "tokenizer"
+    if not made_with(out, data_settings(args)):
         run(
             [sys.executable, "tools/make_synthetic.py", "--out", synthetic, "--hard-text", "--seed", args.data_seed,
              "--workers", 2, "--splits", f"train:{args.train_pages}", f"val:{args.val_pages}"],
             env, out / "make_synthetic.log",
         )  # fmt: skip
-    tokenizer = out / "tokenizer"
-    if not (tokenizer / "tokenizer_config.json").exists():
         run(
             [sys.executable, "tools/train_tokenizer.py", "--ocr-dir", synthetic / "train" / "ocr", "--out", tokenizer,
              "--vocab-size", 4000],
             env, out / "train_tokenizer.log",
         )  # fmt: skip
+        record_settings(out, data_settings(args))
     return tokenizer
 
 
@@ -75,9 +92,12 @@ def train_and_evaluate(name, seed, out, tokenizer, args, env):
     run_dir = out / "runs" / f"{name}_seed{seed}"
     metrics_file = run_dir / "inference" / "synthetic_val" / "metrics.json"
     seconds_file = run_dir / "train_seconds.txt"
-    if metrics_file.exists() and not args.overwrite:
+    settings = {**data_settings(args), "iters": args.iters, "overrides": [str(v) for v in RUNS[name]]}
+    if metrics_file.exists() and made_with(run_dir, settings) and not args.overwrite:
         seconds = float(seconds_file.read_text()) if seconds_file.exists() else None
         return json.loads(metrics_file.read_text()), seconds
+    # A fresh folder: detectron2 appends to an existing metrics.json.
+    shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [
         "MODEL.VIT.TOKENIZER", tokenizer, "OUTPUT_DIR", run_dir, "SEED", seed,
         "SOLVER.MAX_ITER", args.iters, *RUNS[name],
@@ -91,7 +111,18 @@ def train_and_evaluate(name, seed, out, tokenizer, args, env):
          "MODEL.WEIGHTS", run_dir / "model_final.pth"],
         env, out / f"{name}_seed{seed}.eval.log",
     )  # fmt: skip
+    record_settings(run_dir, settings)
     return json.loads(metrics_file.read_text()), seconds
+
+
+def mean(values):
+    """Mean of the values COCO could compute (None: a class without validation instances)."""
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def fmt(value):
+    return "-" if value is None else f"{value:.1f}"
 
 
 def summarize(metrics):
@@ -100,7 +131,7 @@ def summarize(metrics):
         "AP": metrics["AP"],
         "AP50": metrics["AP50"],
         "AP75": metrics["AP75"],
-        "text_dependent_AP": statistics.mean(per_class[c] for c in TEXT_DEPENDENT),
+        "text_dependent_AP": mean(per_class[c] for c in TEXT_DEPENDENT),
         "per_class_AP": per_class,
     }
 
@@ -126,15 +157,15 @@ def markdown(report):
         m = entry["mean"]
         minutes = entry.get("train_minutes")
         lines.append(
-            f"| {name} | {m['AP']:.1f} | {m['AP50']:.1f} | {m['AP75']:.1f} | **{m['text_dependent_AP']:.1f}** | "
-            + " | ".join(f"{m['per_class_AP'][c]:.1f}" for c in TEXT_DEPENDENT)
-            + f" | {'-' if minutes is None else f'{minutes:.1f}'} |"
+            f"| {name} | {fmt(m['AP'])} | {fmt(m['AP50'])} | {fmt(m['AP75'])} | **{fmt(m['text_dependent_AP'])}** | "
+            + " | ".join(fmt(m["per_class_AP"][c]) for c in TEXT_DEPENDENT)
+            + f" | {fmt(minutes)} |"
         )
     lines += ["", "Overrides of the tiny config per run:", ""]
     lines += [f"- {name}: `{' '.join(str(v) for v in RUNS[name]) or '(none)'}`" for name in runs]
     lines += ["", "Per-class AP:", "", "| run | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for name, entry in runs.items():
-        lines.append(f"| {name} | " + " | ".join(f"{entry['mean']['per_class_AP'][c]:.1f}" for c in classes) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(entry["mean"]["per_class_AP"][c]) for c in classes) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,18 +204,11 @@ def main():
             per_seed.append(summarize(metrics))
             if seconds is not None:
                 minutes.append(seconds / 60)
-            print(f"[bench-text] {name} seed {seed}: AP {per_seed[-1]['AP']:.1f}, "
-                  f"text-dependent AP {per_seed[-1]['text_dependent_AP']:.1f}", flush=True)  # fmt: skip
-        mean = {
-            key: statistics.mean(s[key] for s in per_seed)
-            for key in ("AP", "AP50", "AP75", "text_dependent_AP")
-        }
-        mean["per_class_AP"] = {c: statistics.mean(s["per_class_AP"][c] for s in per_seed) for c in per_seed[0]["per_class_AP"]}
-        report["runs"][name] = {
-            "mean": mean,
-            "per_seed": per_seed,
-            "train_minutes": statistics.mean(minutes) if minutes else None,
-        }
+            print(f"[bench-text] {name} seed {seed}: AP {fmt(per_seed[-1]['AP'])}, "
+                  f"text-dependent AP {fmt(per_seed[-1]['text_dependent_AP'])}", flush=True)  # fmt: skip
+        means = {key: mean(s[key] for s in per_seed) for key in ("AP", "AP50", "AP75", "text_dependent_AP")}
+        means["per_class_AP"] = {c: mean(s["per_class_AP"][c] for s in per_seed) for c in per_seed[0]["per_class_AP"]}
+        report["runs"][name] = {"mean": means, "per_seed": per_seed, "train_minutes": mean(minutes)}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "text_experiment.json").write_text(json.dumps(report, indent=2))
     (args.results / "text_experiment.md").write_text(markdown(report))

@@ -11,7 +11,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-__all__ = ["load_vl_coco_json", "readable_bbox", "register_vl_coco", "register_from_config", "register_all_builtin"]
+__all__ = ["check_ocr_files", "load_vl_coco_json", "readable_bbox", "register_vl_coco", "register_from_config", "register_all_builtin"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,21 @@ def load_vl_coco_json(json_file, image_root, ocr_root, dataset_name=None):
             f"(NaN, or width/height <= 0), the first in {first}"
         )
     return records
+
+
+def check_ocr_files(records, dataset_names):
+    """
+    Raise FileNotFoundError, counting them and naming the first, when pages of `records`
+    have no OCR json at their "ocr_file": a model that reads text would otherwise stop
+    only when training first meets one of them, which can be hours in.
+    """
+    missing = [r["ocr_file"] for r in records if "ocr_file" in r and not os.path.isfile(r["ocr_file"])]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(records)} pages of {', '.join(dataset_names)} have no OCR json, "
+            f"the first: {missing[0]}. Make them with tools/ocr.py, or train those pages without text: "
+            "INPUT.OCR.MISSING empty"
+        )
 
 
 def register_vl_coco(name, json_file, image_root, ocr_root=None, thing_classes=None):

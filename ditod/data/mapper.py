@@ -86,7 +86,8 @@ class VLDatasetMapper(DatasetMapper):
       (the evaluation leaves such a page out, see `ditod.engine.evaluation`);
     * OCR json missing or unusable (not UTF-8, not JSON, wrong fields): with
       INPUT.OCR.MISSING "error" the error names the file and the problem; with "empty"
-      the page has zero tokens, counted and logged every 100 such pages (per process);
+      the page has zero tokens, counted (distinct pages, per process) and logged at the
+      first and every 100th;
     * OCR made on another size of the page (W/H differ from the image): boxes rescaled
       to the image, with a warning;
     * boxes outside the page: clipped, or dropped when their centre is outside.
@@ -105,7 +106,8 @@ class VLDatasetMapper(DatasetMapper):
             raise ValueError(f"INPUT.OCR.MISSING must be 'error' or 'empty', got {missing_ocr!r}")
         self.ocr_tokenizer = ocr_tokenizer
         self.missing_ocr = missing_ocr
-        self.pages_without_ocr = 0
+        # Distinct pages: each epoch maps a page again.
+        self.pages_without_ocr = set()
         self.unreadable_images = 0
 
     @classmethod
@@ -151,11 +153,12 @@ class VLDatasetMapper(DatasetMapper):
         except (FileNotFoundError, OCRFormatError) as e:
             if self.missing_ocr == "error":
                 raise
-            self.pages_without_ocr += 1
-            if self.pages_without_ocr % 100 == 1:
+            known = len(self.pages_without_ocr)
+            self.pages_without_ocr.add(dataset_dict["file_name"])
+            if len(self.pages_without_ocr) > known and known % 100 == 0:
                 logger.warning(
-                    f"{self.pages_without_ocr} page(s) without usable OCR so far, mapped with zero "
-                    f"tokens (INPUT.OCR.MISSING empty); latest: {e}"
+                    f"{len(self.pages_without_ocr)} page(s) without usable OCR so far in this process, "
+                    f"mapped with zero tokens (INPUT.OCR.MISSING empty); latest: {e}"
                 )
             return PageOCR.empty(*image_size)
 

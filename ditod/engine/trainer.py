@@ -52,6 +52,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
+from ..data.datasets import check_ocr_files
 from ..data.mapper import VLDatasetMapper
 from .checkpoint import VLDetectionCheckpointer
 from .evaluation import SkipUnreadablePages, VLCOCOEvaluator, map_or_mark_unreadable
@@ -311,6 +312,8 @@ def build_resumable_train_loader(cfg, mapper, start_batch=0, seed=None):
     # drawn from numpy's RNG: seeded here so that every run shuffles alike.
     np.random.seed(derive_seed(seed, _SAMPLER_SEED))
     kwargs = build_detection_train_loader.from_config(cfg, mapper=mapper)
+    if not cfg.MODEL.IMAGE_ONLY and cfg.INPUT.OCR.MISSING == "error":
+        check_ocr_files(kwargs["dataset"], cfg.DATASETS.TRAIN)
     total_batch = cfg.SOLVER.IMS_PER_BATCH // cfg.SOLVER.GRADIENT_ACCUMULATION_STEPS
     batch_size = total_batch // comm.get_world_size()
     grouping = kwargs["aspect_ratio_grouping"]
