@@ -55,6 +55,7 @@ from ditod import load_config
 from ditod.data import VLDatasetMapper, register_from_config
 from ditod.data.ocr import OCR_ENGINES, build_ocr_engine, pdf_text_layer, render_pdf_page, save_ocr
 from ditod.engine import VLDetectionCheckpointer, configure_cpu_memory
+from ditod.engine.checkpoint import category_ids
 
 logger = logging.getLogger("ditod.tools.infer")
 
@@ -144,15 +145,10 @@ def classes_and_ids(cfg, classes, checkpoint, weights):
             f"MODEL.ROI_HEADS.NUM_CLASSES {num_classes}{hint}: {list(classes)}"
         )
     logger.info(f"Class names from {source}: {list(classes)}")
-    saved_ids = checkpoint.get("category_ids")
-    mapping = MetadataCatalog.get(dataset).get("thing_dataset_id_to_contiguous_id") if dataset else None
-    if saved_ids and len(saved_ids) == len(classes):
-        ids = dict(enumerate(saved_ids))
-    elif mapping and len(mapping) == num_classes:
-        ids = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
-    else:
-        ids = {i: i + 1 for i in range(num_classes)}
-    return list(classes), ids
+    ids = checkpoint.get("category_ids")
+    if not ids or len(ids) != num_classes:
+        ids = category_ids(MetadataCatalog.get(dataset), num_classes) if dataset else list(range(1, num_classes + 1))
+    return list(classes), dict(enumerate(ids))
 
 
 class Detector:

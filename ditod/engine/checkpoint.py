@@ -7,7 +7,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
-__all__ = ["VLDetectionCheckpointer", "convert_original_layout"]
+__all__ = ["VLDetectionCheckpointer", "category_ids", "convert_original_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,15 @@ def convert_original_layout(state_dict):
                 break
         renamed[key] = value
     return renamed, count
+
+
+def category_ids(metadata, num_classes):
+    """The COCO category id of each contiguous class of a dataset (its metadata's
+    thing_dataset_id_to_contiguous_id), or 1..N when the metadata has no such mapping."""
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id")
+    if mapping and sorted(mapping.values()) == list(range(num_classes)):
+        return [int(dataset_id) for dataset_id, _ in sorted(mapping.items(), key=lambda item: item[1])]
+    return list(range(1, num_classes + 1))
 
 
 class VLDetectionCheckpointer(DetectionCheckpointer):
@@ -66,13 +75,7 @@ class VLDetectionCheckpointer(DetectionCheckpointer):
                 f"The class names of {self.dataset_name} are not known yet; the checkpoint goes without them"
             )
             return {}
-        mapping = metadata.get("thing_dataset_id_to_contiguous_id")
-        if mapping and sorted(mapping.values()) == list(range(len(classes))):
-            ids = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
-            category_ids = [int(ids[i]) for i in range(len(classes))]
-        else:
-            category_ids = list(range(1, len(classes) + 1))
-        return {"thing_classes": [str(c) for c in classes], "category_ids": category_ids}
+        return {"thing_classes": [str(c) for c in classes], "category_ids": category_ids(metadata, len(classes))}
 
     def _torch_load(self, f):
         with self.path_manager.open(f, "rb") as file:
