@@ -7,9 +7,14 @@ array (O(T*C)) and takes two cumulative sums over the grid (O(H*W*C)); backward
 takes the integral image of the incoming gradient and reads each token's box sum
 from four corners. No Python loop over tokens, no device-to-host copy, and the
 large buffers are summed in place (fresh allocations are what costs on CPU).
+
+The gated mix, painting included, has its backward written out (`_PaintedGatedMix`) for
+the same reason.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["paint_tokens", "token_cell_ranges", "TextFusion", "build_text_fusion"]
 
@@ -36,18 +41,27 @@ def token_cell_ranges(token_boxes, grid, stride):
     return x0, y0, x1, y1
 
 
-def _corner_index(x0, y0, x1, y1, width):
-    """Flat positions, in a (H + 1) x (W + 1) grid, of the corners (y0, x0), (y0, x1 + 1),
-    (y1 + 1, x0), (y1 + 1, x1 + 1) of each range, as (B, T * 4), and their signs."""
-    rows = torch.stack([y0, y0, y1 + 1, y1 + 1], dim=-1)
-    cols = torch.stack([x0, x1 + 1, x0, x1 + 1], dim=-1)
-    signs = torch.tensor([1.0, -1.0, -1.0, 1.0], device=x0.device)
-    return (rows * (width + 1) + cols).flatten(1), signs
+def _corners(x0, y0, x1, y1):
+    """Rows, columns and signs of the corners (y0, x0), (y0, x1 + 1), (y1 + 1, x0),
+    (y1 + 1, x1 + 1) of each range, each (B, T * 4)."""
+    rows = torch.stack([y0, y0, y1 + 1, y1 + 1], dim=-1).flatten(1)
+    cols = torch.stack([x0, x1 + 1, x0, x1 + 1], dim=-1).flatten(1)
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0], device=x0.device).repeat(x0.shape[-1])
+    return rows, cols, signs.expand_as(rows)
 
 
-# The grids below are (B, H + 1, W + 1, C): channels last, so each token's C features
-# are one contiguous row (scatter and gather move whole rows) and the painted map comes
-# out in the layout of the pyramid's visual features, which the gate convs need.
+def _difference_corners(rows, cols, signs, grid):
+    """The corners as flat positions in an H x W difference array. A corner on row H or
+    column W changes only cells past the grid: it is dropped (sign 0), so the painted
+    map is the whole array, with no border to cut off and copy."""
+    height, width = grid
+    inside = (rows < height) & (cols < width)
+    return torch.where(inside, rows * width + cols, 0), signs * inside
+
+
+# The grids below are (B, H, W, C): channels last, so each token's C features are one
+# contiguous row (scatter and gather move whole rows) and the painted map comes out in
+# the layout of the pyramid's visual features, which the gate convs need.
 
 
 def _prefix_sum_(grid, dim):
@@ -61,43 +75,78 @@ def _prefix_sum_(grid, dim):
     return grid
 
 
-def _paint_sum(values, corners, signs, grid):
-    """Sum of each token's `values` (B, T, C) over its cells, as a (B, C, H, W) view."""
+def _paint_sum(values, positions, signs, grid):
+    """Sum of each token's `values` (B, T, C) over its cells, as a (B, C, H, W)
+    channels-last tensor; `positions` and `signs` from `_difference_corners`."""
     batch, num_tokens, channels = values.shape
     height, width = grid
-    updates = (values.unsqueeze(2) * signs.view(1, 1, 4, 1).to(values.dtype)).flatten(1, 2)
-    diff = values.new_zeros(batch, (height + 1) * (width + 1), channels)
-    diff.scatter_add_(1, corners.unsqueeze(-1).expand(-1, -1, channels), updates)
-    integral = _prefix_sum_(_prefix_sum_(diff.view(batch, height + 1, width + 1, channels), 1), 2)
-    return integral[:, :height, :width].permute(0, 3, 1, 2)
+    updates = (values.unsqueeze(2) * signs.view(batch, num_tokens, 4, 1).to(values.dtype)).flatten(1, 2)
+    diff = values.new_zeros(batch, height * width, channels)
+    diff.scatter_add_(1, positions.unsqueeze(-1).expand(-1, -1, channels), updates)
+    integral = _prefix_sum_(_prefix_sum_(diff.view(batch, height, width, channels), 1), 2)
+    return integral.permute(0, 3, 1, 2)
 
 
-def _box_sums(maps, scale, corners, signs):
-    """For each token, the sum of `maps * scale` (B, C, H, W) over its cells, as (B, T, C)."""
+def _paint(values, rows, cols, signs, scale, grid):
+    """scale * (sum of each token's values over its cells), (B, C, H, W) channels-last."""
+    return _paint_sum(values, *_difference_corners(rows, cols, signs, grid), grid).mul_(scale)
+
+
+def _box_sums(maps, scale, rows, cols, signs, overwrite=False):
+    """
+    For each token, the sum of `maps * scale` (B, C, H, W) over its cells, as (B, T, C):
+    the gradient of `_paint`. With overwrite=True, `maps` is a buffer of the caller's
+    that nothing else reads, and is used as the integral image (no fresh map).
+    """
     batch, channels, height, width = maps.shape
-    integral = maps.new_empty(batch, height + 1, width + 1, channels)
-    integral[:, 0] = 0
-    integral[:, :, 0] = 0
-    torch.mul(maps.permute(0, 2, 3, 1), scale.permute(0, 2, 3, 1), out=integral[:, 1:, 1:])
+    cells = maps.permute(0, 2, 3, 1)
+    scale = scale.permute(0, 2, 3, 1)
+    if overwrite and cells.is_contiguous():
+        integral = cells.mul_(scale)
+    else:
+        integral = torch.mul(cells, scale, out=maps.new_empty(batch, height, width, channels))
     _prefix_sum_(_prefix_sum_(integral, 1), 2)
-    # integral[y, x] sums rows < y and columns < x, so a box's sum is the signed sum of
-    # the integral at the same four corners the forward pass scattered to.
-    cells = integral.view(batch, -1, channels).gather(1, corners.unsqueeze(-1).expand(-1, -1, channels))
-    return (cells.view(batch, -1, 4, channels) * signs.view(1, 1, 4, 1).to(cells.dtype)).sum(2)
+    # integral[y, x] sums rows <= y and columns <= x, so a box's sum is the signed sum of
+    # the integral one row and column before the four corners the forward pass
+    # scattered to; there is nothing before row or column 0.
+    inside = (rows > 0) & (cols > 0)
+    positions = torch.where(inside, (rows - 1) * width + cols - 1, 0).unsqueeze(-1).expand(-1, -1, channels)
+    cells = integral.reshape(batch, -1, channels).gather(1, positions)
+    return (cells * (signs * inside).unsqueeze(-1).to(cells.dtype)).view(batch, -1, 4, channels).sum(2)
 
 
 class _PaintTokens(torch.autograd.Function):
-    """out = scale * (sum of each token's values over its cells); gradients for values."""
+    """`_paint`, with gradients for the values."""
 
     @staticmethod
-    def forward(ctx, values, corners, signs, scale, grid):
-        ctx.save_for_backward(corners, signs, scale)
-        return _paint_sum(values, corners, signs, grid) * scale
+    def forward(ctx, values, rows, cols, signs, scale, grid):
+        ctx.save_for_backward(rows, cols, signs, scale)
+        return _paint(values, rows, cols, signs, scale, grid)
 
     @staticmethod
     def backward(ctx, grad_out):
-        corners, signs, scale = ctx.saved_tensors
-        return _box_sums(grad_out, scale, corners, signs), None, None, None, None
+        rows, cols, signs, scale = ctx.saved_tensors
+        return _box_sums(grad_out, scale, rows, cols, signs), None, None, None, None, None
+
+
+def _paint_inputs(token_feats, token_boxes, mask, grid, stride, reduce):
+    """What `_paint` needs: the tokens' values (padding zeroed, at least float32), the
+    corners of their cell ranges with signs, and the per-cell scale of `reduce`."""
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    keep = mask.bool()
+    # Sums accumulate in at least float32, whatever the autocast dtype.
+    dtype = torch.promote_types(token_feats.dtype, torch.float32)
+    values = torch.where(keep.unsqueeze(-1), token_feats, 0).to(dtype)
+    rows, cols, signs = _corners(*token_cell_ranges(token_boxes, grid, stride))
+    # Tokens per cell: small integers, exact in floating point, so empty cells are found
+    # exactly and forced to 0 (the painted sums there can hold rounding residue).
+    count = _paint_sum(keep.to(dtype).unsqueeze(-1), *_difference_corners(rows, cols, signs, grid), grid).round()
+    if reduce == "mean":
+        scale = torch.where(count > 0, 1 / count.clamp(min=1), 0)
+    else:
+        scale = (count > 0).to(dtype)
+    return values, rows, cols, signs, scale
 
 
 def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
@@ -116,22 +165,59 @@ def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
     Returns:
         (B, C, H, W) text map in the dtype of token_feats, channels-last in memory.
     """
-    if reduce not in ("mean", "sum"):
-        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    keep = mask.bool()
-    # Sums accumulate in at least float32, whatever the autocast dtype.
-    dtype = torch.promote_types(token_feats.dtype, torch.float32)
-    values = torch.where(keep.unsqueeze(-1), token_feats, 0).to(dtype)
-    x0, y0, x1, y1 = token_cell_ranges(token_boxes, grid, stride)
-    corners, signs = _corner_index(x0, y0, x1, y1, grid[1])
-    # Tokens per cell: small integers, exact in floating point, so empty cells are found
-    # exactly and forced to 0 (the painted sums there can hold rounding residue).
-    count = _paint_sum(keep.to(dtype).unsqueeze(-1), corners, signs, grid).round()
-    if reduce == "mean":
-        scale = torch.where(count > 0, 1 / count.clamp(min=1), 0)
-    else:
-        scale = (count > 0).to(dtype)
-    return _PaintTokens.apply(values, corners, signs, scale, tuple(grid)).to(token_feats.dtype)
+    grid = tuple(grid)
+    inputs = _paint_inputs(token_feats, token_boxes, mask, grid, stride, reduce)
+    return _PaintTokens.apply(*inputs, grid).to(token_feats.dtype)
+
+
+class _PaintedGatedMix(torch.autograd.Function):
+    """
+    The gated mix of `TextFusion`, painting included:
+        text = _paint(values, ...),
+        g = sigmoid(dwconv3x3(visual, weight_visual, bias) + dwconv3x3(text, weight_text)),
+        out = lerp(text, visual, g) = g * visual + (1 - g) * text.
+
+    The function autograd would differentiate from `paint_tokens` and the ops, with the
+    backward written out: autograd's makes about ten fresh map-sized tensors (lerp's
+    three partial products, 1 - g, visual - text, the sigmoid's gradient, the sums of
+    the two paths into visual and text, the text map's integral image). Here there is
+    one; the rest are in-place updates of the convolutions' input gradients. Fresh
+    map-sized tensors are the cost on CPU: each page-faults.
+    """
+
+    @staticmethod
+    def forward(ctx, visual, values, rows, cols, signs, scale, weight_visual, bias, weight_text):
+        channels = visual.shape[1]
+        text = _paint(values, rows, cols, signs, scale, visual.shape[-2:]).to(visual.dtype)
+        g = F.conv2d(visual, weight_visual, bias, padding=1, groups=channels)
+        g.add_(F.conv2d(text, weight_text, padding=1, groups=channels)).sigmoid_()
+        ctx.save_for_backward(visual, text, g, rows, cols, signs, scale, weight_visual, weight_text)
+        return torch.lerp(text, visual, g)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        visual, text, g, rows, cols, signs, scale, weight_visual, weight_text = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        channels = visual.shape[1]
+        # d out / d g = visual - text; then through the sigmoid, in place.
+        grad_pre = torch.sub(visual, text).mul_(grad)
+        torch.ops.aten.sigmoid_backward.grad_input(grad_pre, g, grad_input=grad_pre)
+        conv = ([1, 1], [1, 1], [1, 1], False, [0, 0], channels)  # stride, padding, dilation, transposed
+        grad_visual, grad_weight_visual, grad_bias = torch.ops.aten.convolution_backward(
+            grad_pre, visual, weight_visual, [channels], *conv, [needs[0], needs[6], needs[7]]
+        )
+        grad_text, grad_weight_text, _ = torch.ops.aten.convolution_backward(
+            grad_pre, text, weight_text, None, *conv, [needs[1], needs[8], False]
+        )
+        if grad_visual is not None:
+            grad_visual.addcmul_(grad, g)
+        grad_values = None
+        if grad_text is not None:
+            grad_text.add_(grad).addcmul_(grad, g, value=-1)
+            # The convolution's fresh gradient (or its copy in the values' dtype) is ours.
+            grad_values = _box_sums(grad_text.to(scale.dtype), scale, rows, cols, signs, overwrite=True)
+        return grad_visual, grad_values, None, None, None, None, grad_weight_visual, grad_bias, grad_weight_text
 
 
 class TextFusion(nn.Module):
@@ -180,15 +266,18 @@ class TextFusion(nn.Module):
         # of C features); keeping every operand in that layout avoids layout conversions
         # inside each op, and depthwise convs are fastest in it on CPU.
         visual = visual.contiguous(memory_format=torch.channels_last)
-        text = paint_tokens(
-            self.text_proj(token_feats), token_boxes, mask, visual.shape[-2:], self.stride, self.reduce
-        ).to(visual.dtype)
+        grid = tuple(visual.shape[-2:])
+        token_feats = self.text_proj(token_feats)
+        if self.mode == "gated" and not torch.is_autocast_enabled(visual.device.type):
+            inputs = _paint_inputs(token_feats, token_boxes, mask, grid, self.stride, self.reduce)
+            weights = (self.gate_visual.weight, self.gate_visual.bias, self.gate_text.weight)
+            return _PaintedGatedMix.apply(visual, *inputs, *weights)
+        text = paint_tokens(token_feats, token_boxes, mask, grid, self.stride, self.reduce).to(visual.dtype)
         if self.mode == "add":
             return visual + text
+        # Autocast picks each op's precision (half for the convs, while a level fed by a
+        # LayerNorm, layer7 and layer11, stays float32): left to autograd.
         g = self.gate_visual(visual).add_(self.gate_text(text)).sigmoid_()
-        # g * visual + (1 - g) * text in one kernel. Under autocast the convs return half
-        # precision while a level fed by a LayerNorm (layer7, layer11) stays float32, and
-        # lerp needs one dtype.
         return torch.lerp(text, visual, g.to(visual.dtype))
 
 
