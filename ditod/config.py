@@ -148,7 +148,7 @@ def add_vit_config(cfg):
     # ------------------------------------------------------------------- runtime
     # With MODEL.DEVICE "cpu", let glibc reuse freed memory for large tensors instead of
     # mapping fresh pages for each one (ditod.engine.keep_freed_cpu_memory). Off by
-    # default: the base model's text step runs ~7% faster on CPU (the text fusion 2x),
+    # default: the base model's text step runs 7-11% faster on CPU,
     # but the process never returns freed memory and its heap fragments (eager
     # attention: > 24 GB, against a 14 GB peak without it).
     _C.CPU_KEEP_FREED_MEMORY = False

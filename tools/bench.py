@@ -16,7 +16,8 @@ run, since these machines are shared and noisy):
   step   forward + backward of the base model (hidden 768, 12 layers) at 800x608,
          batch 2, 510 tokens, text fusion on all four levels: text vs image-only,
          sdpa vs eager attention, gradient checkpointing; each in its own process for
-         its peak memory (CPU: peak RSS, GPU: max allocated). The fusion share is the
+         its peak memory (CPU: peak RSS, GPU: max allocated); the time ratio of text
+         over image-only from both alternated in one process. The fusion share is the
          fusion modules' forward + backward at the same shapes and memory layouts over
          the text step. On the CPU, the *_keep_freed_memory runs repeat text and
          image-only with CPU_KEEP_FREED_MEMORY on (applied as tools/train_net.py does).
@@ -179,12 +180,21 @@ STEP_CONFIGS = {
     "text_keep_freed_memory": {"CPU_KEEP_FREED_MEMORY": True},
     "image_only_keep_freed_memory": {"MODEL.IMAGE_ONLY": True, "CPU_KEEP_FREED_MEMORY": True},
 }
+# Time ratios come from steps of both configurations alternated in one process: a
+# shared machine's speed drifts over the minutes between two separate runs (text over
+# image-only came out anywhere from 1.35 to 1.49 that way in one afternoon). The
+# separate runs above give each configuration's peak memory.
+INTERLEAVED = {
+    "text_vs_image_only": ("text", "image_only"),
+    "text_vs_image_only_keep_freed_memory": ("text_keep_freed_memory", "image_only_keep_freed_memory"),
+}
 # Steps that differ only by the CPU allocator setting, skipped on a GPU.
-CPU_ONLY_STEPS = ("text_keep_freed_memory", "image_only_keep_freed_memory")
+CPU_ONLY_STEPS = ("text_keep_freed_memory", "image_only_keep_freed_memory", "text_vs_image_only_keep_freed_memory")
 
 
 def step_configs(device):
-    return [name for name in STEP_CONFIGS if device == "cpu" or name not in CPU_ONLY_STEPS]
+    names = list(STEP_CONFIGS) + list(INTERLEAVED)
+    return [name for name in names if device == "cpu" or name not in CPU_ONLY_STEPS]
 
 
 def base_cfg(overrides, device):
@@ -248,9 +258,10 @@ def fusion_seconds(model, device, repeats):
     return median_time(run, repeats, device)
 
 
-def step_worker(name, device, repeats):
+def build_step(name, device):
+    """The model of step configuration `name` and a function running one training step
+    (forward + backward) of it on the synthetic batch."""
     from detectron2.modeling import build_model
-    from detectron2.utils.events import EventStorage
 
     from ditod.engine import configure_cpu_memory
 
@@ -264,6 +275,15 @@ def step_worker(name, device, repeats):
         model.zero_grad(set_to_none=True)
         sum(model(batch).values()).backward()
 
+    return model, step
+
+
+def step_worker(name, device, repeats):
+    from detectron2.utils.events import EventStorage
+
+    if name in INTERLEAVED:
+        return interleaved_worker(name, device, repeats)
+    model, step = build_step(name, device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with EventStorage(0):
@@ -272,6 +292,22 @@ def step_worker(name, device, repeats):
     if name in ("text", "text_keep_freed_memory"):
         result["fusion_s"] = fusion_seconds(model, device, repeats)
     print(json.dumps(result))
+
+
+def interleaved_worker(name, device, repeats):
+    """Median step seconds of two configurations whose steps alternate in one process,
+    after a first round that warms both up."""
+    from detectron2.utils.events import EventStorage
+
+    steps = {config: build_step(config, device)[1] for config in INTERLEAVED[name]}
+    times = {config: [] for config in steps}
+    with EventStorage(0):
+        for round_ in range(repeats + 1):
+            for config, step in steps.items():
+                seconds = median_time(step, 1, device, warmup=0)
+                if round_:
+                    times[config].append(seconds)
+    print(json.dumps({config: statistics.median(values) for config, values in times.items()}))
 
 
 def bench_step(args):
@@ -284,8 +320,9 @@ def bench_step(args):
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
         log(f"step {name}: {results[name]}")
     text, image = results["text"], results["image_only"]
+    interleaved = results["text_vs_image_only"]
     results["ratios"] = {
-        "text_over_image_only_time": text["step_s"] / image["step_s"],
+        "text_over_image_only_time": interleaved["text"] / interleaved["image_only"],
         "fusion_share_of_text_step": text["fusion_s"] / text["step_s"],
         "eager_over_sdpa_time_text": results["text_eager"]["step_s"] / text["step_s"],
         "eager_over_sdpa_time_image_only": results["image_only_eager"]["step_s"] / image["step_s"],
@@ -295,9 +332,12 @@ def bench_step(args):
     }
     if "text_keep_freed_memory" in results:
         text_kept, image_kept = results["text_keep_freed_memory"], results["image_only_keep_freed_memory"]
+        kept = results["text_vs_image_only_keep_freed_memory"]
         results["ratios"].update(
             {
-                "text_over_image_only_time_keep_freed_memory": text_kept["step_s"] / image_kept["step_s"],
+                "text_over_image_only_time_keep_freed_memory": (
+                    kept["text_keep_freed_memory"] / kept["image_only_keep_freed_memory"]
+                ),
                 "fusion_share_of_text_step_keep_freed_memory": text_kept["fusion_s"] / text_kept["step_s"],
                 "keep_freed_over_default_time_text": text_kept["step_s"] / text["step_s"],
                 "keep_freed_over_default_time_image_only": image_kept["step_s"] / image["step_s"],
@@ -469,6 +509,9 @@ def markdown(report):
                       "| configuration | step (s) | peak memory (MB) |", "|---|---|---|"]
             for name in [n for n in STEP_CONFIGS if n in s]:
                 lines.append(f"| {name} | {fmt(s[name]['step_s'], 2)} | {s[name]['peak_memory_mb']:.0f} |")
+            lines += ["", "Alternated in one process (the time ratios text over image-only below):", ""]
+            for name in [n for n in INTERLEAVED if n in s]:
+                lines.append("- " + ", ".join(f"{config} {fmt(seconds, 2)} s" for config, seconds in s[name].items()))
             lines += ["", "| ratio | value |", "|---|---|"]
             lines += [f"| {k} | {fmt(v)} |" for k, v in s["ratios"].items()]
             fusion = f"{fmt(s['text']['fusion_s'], 3)} s"

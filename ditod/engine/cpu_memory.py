@@ -20,10 +20,10 @@ def keep_freed_cpu_memory():
     it on free. A page's stride-4 feature map (768 x 200 x 152 floats, 93 MB) is above
     that, so every op that outputs one (and every oneDNN convolution, for its scratch
     buffers) pays a page fault per 4 KiB written. Measured on 2 cores (`make bench`):
-    the text fusion 2x faster, the base model's text training step 7% faster, its
-    image-only step no faster. The cost: freed memory is never returned and the heap
-    fragments, so peak RSS grows (text step with sdpa: 8.2 GB against 6.5 GB; with
-    eager attention the process passed 24 GB and was killed, against 14 GB without).
+    the base model's text training step 7-11% faster, its image-only step no faster.
+    The cost: freed memory is never returned and the heap fragments, so peak RSS grows
+    (text step with sdpa: 8.3 GB against 6.8 GB; with eager attention the process
+    passed 24 GB and was killed, against 14 GB without).
     Process-wide; affects only later allocations.
 
     Returns:
