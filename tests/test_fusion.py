@@ -145,21 +145,23 @@ def test_add_fusion_starts_equal_to_visual():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_gated_fusion_matches_grouped_conv_definition(layout):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gated_fusion_matches_grouped_conv_definition(layout, dtype):
     """With trained (non-zero) gate weights, in either memory layout of the visual map:
     g = sigmoid(conv3x3 over [visual; text], one group per channel), g*visual + (1-g)*text,
-    values and gradients."""
+    values and gradients. float32 takes oneDNN's in-place convolutions on CPU."""
     torch.manual_seed(0)
     channels, stride, grid = 3, 8, (5, 4)
-    fusion = TextFusion(channels, stride, mode="gated", gate_bias_init=0.5).double()
+    fusion = TextFusion(channels, stride, mode="gated", gate_bias_init=0.5).to(dtype)
     with torch.no_grad():
         for conv in (fusion.gate_visual, fusion.gate_text):
             conv.weight.normal_()
-    visual = torch.randn(2, channels, *grid, dtype=torch.float64)
-    feats = torch.randn(2, 6, channels, dtype=torch.float64)
-    boxes = random_boxes(2, 6, grid[1] * stride, grid[0] * stride, torch.Generator().manual_seed(1)).double()
+    visual = torch.randn(2, channels, *grid, dtype=dtype)
+    feats = torch.randn(2, 6, channels, dtype=dtype)
+    boxes = random_boxes(2, 6, grid[1] * stride, grid[0] * stride, torch.Generator().manual_seed(1)).to(dtype)
     mask = torch.ones(2, 6)
-    weights = torch.randn(2, channels, *grid, dtype=torch.float64)
+    weights = torch.randn(2, channels, *grid, dtype=dtype)
+    atol = 1e-10 if dtype == torch.float64 else 1e-5
 
     def grads(out, inputs):
         return torch.autograd.grad((out * weights).sum(), inputs)
@@ -179,9 +181,54 @@ def test_gated_fusion_matches_grouped_conv_definition(layout):
     ref = gate * visual_b + (1 - gate) * text
     expected = grads(ref, [visual_b, feats_b, *params])
 
-    assert torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(out, ref, atol=atol / 100)
     for a, b in zip(ours, expected):
-        assert torch.allclose(a, b, atol=1e-10)
+        assert torch.allclose(a, b, atol=atol)
+
+
+def test_gated_fusion_backward_twice_with_retained_graph():
+    """The backward writes gradients over the tensors it saved when the graph is freed
+    after it; with retain_graph it must not, so a second backward gives the same."""
+    torch.manual_seed(2)
+    fusion = TextFusion(4, 8, mode="gated", gate_bias_init=0.3)
+    with torch.no_grad():
+        fusion.gate_visual.weight.normal_()
+        fusion.gate_text.weight.normal_()
+    visual = torch.randn(2, 4, 5, 6, requires_grad=True)
+    feats = torch.randn(2, 7, 4, requires_grad=True)
+    out = fusion(visual, feats, random_boxes(2, 7, 48, 40, torch.Generator().manual_seed(3)), torch.ones(2, 7))
+    loss = (out * torch.randn_like(out)).sum()
+    inputs = [visual, feats, *fusion.parameters()]
+    first = torch.autograd.grad(loss, inputs, retain_graph=True)
+    second = torch.autograd.grad(loss, inputs, retain_graph=True)
+    last = torch.autograd.grad(loss, inputs)
+    for a, b, c in zip(first, second, last):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_depthwise_conv3x3_add_adds_in_place(layout):
+    """out += conv(x), in the same storage, whichever path runs (oneDNN's in-place op for
+    channels-last float32 on CPU, the plain ops otherwise)."""
+    from ditod.modeling.fusion import _depthwise_conv3x3_add_
+
+    generator = torch.Generator().manual_seed(4)
+    out = torch.randn(2, 5, 7, 6, generator=generator).contiguous(memory_format=layout)
+    x = torch.randn(2, 5, 7, 6, generator=generator).contiguous(memory_format=layout)
+    weight = torch.randn(5, 1, 3, 3, generator=generator)
+    expected = out + torch.nn.functional.conv2d(x, weight, padding=1, groups=5)
+    result = _depthwise_conv3x3_add_(out, x, weight)
+    assert result.data_ptr() == out.data_ptr()
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+def test_onednn_in_place_convolution_is_used_where_built():
+    """The probe accepts oneDNN's in-place convolution on this PyTorch, so the gate's
+    fast CPU path is not silently lost when PyTorch changes."""
+    from ditod.modeling.fusion import _onednn_conv_add_works
+
+    assert _onednn_conv_add_works()
 
 
 @pytest.mark.parametrize("mode", ["gated", "add"])

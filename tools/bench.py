@@ -16,8 +16,8 @@ run, since these machines are shared and noisy):
   step   forward + backward of the base model (hidden 768, 12 layers) at 800x608,
          batch 2, 510 tokens, text fusion on all four levels: text vs image-only,
          sdpa vs eager attention, gradient checkpointing; each in its own process for
-         its peak memory (CPU: peak RSS, GPU: max allocated); the time ratio of text
-         over image-only from both alternated in one process. The fusion share is the
+         its peak memory (CPU: peak RSS, GPU: max allocated); text and image-only in
+         rounds of alternating processes, for their time ratio. The fusion share is the
          fusion modules' forward + backward at the same shapes and memory layouts over
          the text step. On the CPU, the *_keep_freed_memory runs repeat text and
          image-only with CPU_KEEP_FREED_MEMORY on (applied as tools/train_net.py does).
@@ -180,21 +180,20 @@ STEP_CONFIGS = {
     "text_keep_freed_memory": {"CPU_KEEP_FREED_MEMORY": True},
     "image_only_keep_freed_memory": {"MODEL.IMAGE_ONLY": True, "CPU_KEEP_FREED_MEMORY": True},
 }
-# Time ratios come from steps of both configurations alternated in one process: a
-# shared machine's speed drifts over the minutes between two separate runs (text over
-# image-only came out anywhere from 1.35 to 1.49 that way in one afternoon). The
-# separate runs above give each configuration's peak memory.
-INTERLEAVED = {
-    "text_vs_image_only": ("text", "image_only"),
-    "text_vs_image_only_keep_freed_memory": ("text_keep_freed_memory", "image_only_keep_freed_memory"),
-}
+# Pairs whose time ratio (first over second) the report gives. Each configuration runs in
+# processes of its own, the two alternating, one round per --repeats: a shared machine's
+# speed drifts over the minutes between two runs (text over image-only came out anywhere
+# from 1.35 to 1.49 in one afternoon from single runs), and each round's ratio is taken
+# between neighbours. Not steps alternated in one process: there the two models' tensors
+# share the allocator's heap, and one step runs on memory the other freed (text 10%
+# slower and image-only 8% faster than alone, one morning here).
+TIMED_PAIRS = (("text", "image_only"), ("text_keep_freed_memory", "image_only_keep_freed_memory"))
 # Steps that differ only by the CPU allocator setting, skipped on a GPU.
-CPU_ONLY_STEPS = ("text_keep_freed_memory", "image_only_keep_freed_memory", "text_vs_image_only_keep_freed_memory")
+CPU_ONLY_STEPS = ("text_keep_freed_memory", "image_only_keep_freed_memory")
 
 
 def step_configs(device):
-    names = list(STEP_CONFIGS) + list(INTERLEAVED)
-    return [name for name in names if device == "cpu" or name not in CPU_ONLY_STEPS]
+    return [name for name in STEP_CONFIGS if device == "cpu" or name not in CPU_ONLY_STEPS]
 
 
 def base_cfg(overrides, device):
@@ -281,8 +280,6 @@ def build_step(name, device):
 def step_worker(name, device, repeats):
     from detectron2.utils.events import EventStorage
 
-    if name in INTERLEAVED:
-        return interleaved_worker(name, device, repeats)
     model, step = build_step(name, device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -294,35 +291,44 @@ def step_worker(name, device, repeats):
     print(json.dumps(result))
 
 
-def interleaved_worker(name, device, repeats):
-    """Median step seconds of two configurations whose steps alternate in one process,
-    after a first round that warms both up."""
-    from detectron2.utils.events import EventStorage
-
-    steps = {config: build_step(config, device)[1] for config in INTERLEAVED[name]}
-    times = {config: [] for config in steps}
-    with EventStorage(0):
-        for round_ in range(repeats + 1):
-            for config, step in steps.items():
-                seconds = median_time(step, 1, device, warmup=0)
-                if round_:
-                    times[config].append(seconds)
-    print(json.dumps({config: statistics.median(values) for config, values in times.items()}))
+def run_step_worker(name, args):
+    command = [sys.executable, __file__, "--step-worker", name, "--device", args.device, "--repeats", str(args.repeats)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"step {name} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    log(f"step {name}: {result}")
+    return result
 
 
 def bench_step(args):
+    """Every configuration once; the configurations of TIMED_PAIRS in --repeats rounds of
+    alternating processes, each reported as the median over its rounds (peak memory: the
+    largest), with each pair's time ratio the median of the rounds' ratios."""
     results = {"shape": f"base model, batch {BATCH}, {PAGE[0]}x{PAGE[1]}, {TOKENS} tokens, fusion on 4 levels"}
-    for name in step_configs(args.device):
-        command = [sys.executable, __file__, "--step-worker", name, "--device", args.device, "--repeats", str(args.repeats)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"step {name} failed:\n{done.stderr[-3000:]}")
-        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        log(f"step {name}: {results[name]}")
+    configs = step_configs(args.device)
+    paired = [pair for pair in TIMED_PAIRS if all(name in configs for name in pair)]
+    for name in configs:
+        if not any(name in pair for pair in paired):
+            results[name] = run_step_worker(name, args)
+    pair_ratios = {}
+    for first, second in paired:
+        rounds = {name: [] for name in (first, second)}
+        for _ in range(args.repeats):
+            for name in rounds:
+                rounds[name].append(run_step_worker(name, args))
+        for name, runs in rounds.items():
+            results[name] = {"step_s": statistics.median(run["step_s"] for run in runs),
+                             "peak_memory_mb": max(run["peak_memory_mb"] for run in runs),
+                             "rounds_step_s": [run["step_s"] for run in runs]}
+            if "fusion_s" in runs[0]:
+                results[name]["fusion_s"] = statistics.median(run["fusion_s"] for run in runs)
+        pair_ratios[(first, second)] = statistics.median(
+            a["step_s"] / b["step_s"] for a, b in zip(rounds[first], rounds[second])
+        )
     text, image = results["text"], results["image_only"]
-    interleaved = results["text_vs_image_only"]
     results["ratios"] = {
-        "text_over_image_only_time": interleaved["text"] / interleaved["image_only"],
+        "text_over_image_only_time": pair_ratios[("text", "image_only")],
         "fusion_share_of_text_step": text["fusion_s"] / text["step_s"],
         "eager_over_sdpa_time_text": results["text_eager"]["step_s"] / text["step_s"],
         "eager_over_sdpa_time_image_only": results["image_only_eager"]["step_s"] / image["step_s"],
@@ -332,12 +338,11 @@ def bench_step(args):
     }
     if "text_keep_freed_memory" in results:
         text_kept, image_kept = results["text_keep_freed_memory"], results["image_only_keep_freed_memory"]
-        kept = results["text_vs_image_only_keep_freed_memory"]
         results["ratios"].update(
             {
-                "text_over_image_only_time_keep_freed_memory": (
-                    kept["text_keep_freed_memory"] / kept["image_only_keep_freed_memory"]
-                ),
+                "text_over_image_only_time_keep_freed_memory": pair_ratios[
+                    ("text_keep_freed_memory", "image_only_keep_freed_memory")
+                ],
                 "fusion_share_of_text_step_keep_freed_memory": text_kept["fusion_s"] / text_kept["step_s"],
                 "keep_freed_over_default_time_text": text_kept["step_s"] / text["step_s"],
                 "keep_freed_over_default_time_image_only": image_kept["step_s"] / image["step_s"],
@@ -509,9 +514,9 @@ def markdown(report):
                       "| configuration | step (s) | peak memory (MB) |", "|---|---|---|"]
             for name in [n for n in STEP_CONFIGS if n in s]:
                 lines.append(f"| {name} | {fmt(s[name]['step_s'], 2)} | {s[name]['peak_memory_mb']:.0f} |")
-            lines += ["", "Alternated in one process (the time ratios text over image-only below):", ""]
-            for name in [n for n in INTERLEAVED if n in s]:
-                lines.append("- " + ", ".join(f"{config} {fmt(seconds, 2)} s" for config, seconds in s[name].items()))
+            lines += ["", "Rounds of alternating processes (the time ratios text over image-only below: the median of the rounds' ratios):", ""]
+            for name in [n for pair in TIMED_PAIRS for n in pair if n in s]:
+                lines.append(f"- {name}: " + ", ".join(f"{fmt(seconds, 2)} s" for seconds in s[name]["rounds_step_s"]))
             lines += ["", "| ratio | value |", "|---|---|"]
             lines += [f"| {k} | {fmt(v)} |" for k, v in s["ratios"].items()]
             fusion = f"{fmt(s['text']['fusion_s'], 3)} s"

@@ -22,7 +22,7 @@ def keep_freed_cpu_memory():
     buffers) pays a page fault per 4 KiB written. Measured on 2 cores (`make bench`):
     the base model's text training step 7-11% faster, its image-only step no faster.
     The cost: freed memory is never returned and the heap fragments, so peak RSS grows
-    (text step with sdpa: 8.3 GB against 6.8 GB; with eager attention the process
+    (text step with sdpa: 7.8-8.3 GB against 6.8 GB; with eager attention the process
     passed 24 GB and was killed, against 14 GB without).
     Process-wide; affects only later allocations.
 

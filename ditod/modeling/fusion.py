@@ -9,14 +9,19 @@ from four corners. No Python loop over tokens, no device-to-host copy, and the
 large buffers are summed in place (fresh allocations are what costs on CPU).
 
 The gated mix, painting included, has its backward written out (`_PaintedGatedMix`) for
-the same reason.
+the same reason, and on CPU its convolutions add into buffers it already has.
 """
+import functools
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
 __all__ = ["paint_tokens", "token_cell_ranges", "TextFusion", "build_text_fusion"]
+
+logger = logging.getLogger(__name__)
 
 
 def token_cell_ranges(token_boxes, grid, stride):
@@ -170,6 +175,65 @@ def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
     return _PaintTokens.apply(*inputs, grid).to(token_feats.dtype)
 
 
+def _onednn_conv_add_(out, x, weight):
+    """oneDNN's convolution with a fused in-place add, a private op of PyTorch's CPU
+    build (the one torch.compile's CPU code uses)."""
+    channels = x.shape[1]
+    return torch.ops.mkldnn._convolution_pointwise_(
+        out, x, weight, None, [1, 1], [1, 1], [1, 1], channels, "add", 1.0, None, [], None
+    )
+
+
+@functools.cache
+def _onednn_conv_add_works():
+    """Whether `_onednn_conv_add_` is there and adds the convolution into its first
+    argument: checked once, on a small input, against F.conv2d. Private ops can change
+    between PyTorch releases; where it fails, the plain ops are used."""
+    generator = torch.Generator().manual_seed(0)
+    out, x = (
+        torch.randn(2, 3, 5, 4, generator=generator).contiguous(memory_format=torch.channels_last) for _ in range(2)
+    )
+    weight = torch.randn(3, 1, 3, 3, generator=generator)
+    expected = out + F.conv2d(x, weight, padding=1, groups=3)
+    try:
+        result = _onednn_conv_add_(out, x, weight)
+    except (AttributeError, RuntimeError) as error:
+        logger.info("oneDNN's in-place convolution is not available (%s); the gate uses plain ops", error)
+        return False
+    works = result.data_ptr() == out.data_ptr() and torch.allclose(out, expected, atol=1e-5)
+    if not works:
+        logger.info("oneDNN's in-place convolution gave another result; the gate uses plain ops")
+    return works
+
+
+def _depthwise_conv3x3_add_(out, x, weight):
+    """
+    out += the depthwise 3x3 convolution of x (padding 1, no bias), in place.
+
+    For float32 channels-last maps on CPU, oneDNN writes the convolution into `out`:
+    about 20 ms at a page's stride-4 map, against about 55 ms for a convolution into a
+    fresh map (its page faults) plus the add.
+    """
+    if (
+        x.device.type == "cpu"
+        and out.dtype == x.dtype == weight.dtype == torch.float32
+        and out.is_contiguous(memory_format=torch.channels_last)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and torch.backends.mkldnn.enabled
+        and _onednn_conv_add_works()
+    ):
+        return _onednn_conv_add_(out, x, weight)
+    return out.add_(F.conv2d(x, weight, padding=1, groups=x.shape[1]))
+
+
+def _graph_kept():
+    """Whether the running backward pass keeps the graph (retain_graph), so that the
+    tensors saved for backward must stay intact. Asks autograd (a private call), and
+    assumes so where it cannot."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return keep_graph is None or keep_graph()
+
+
 class _PaintedGatedMix(torch.autograd.Function):
     """
     The gated mix of `TextFusion`, painting included:
@@ -180,9 +244,14 @@ class _PaintedGatedMix(torch.autograd.Function):
     The function autograd would differentiate from `paint_tokens` and the ops, with the
     backward written out: autograd's makes about ten fresh map-sized tensors (lerp's
     three partial products, 1 - g, visual - text, the sigmoid's gradient, the sums of
-    the two paths into visual and text, the text map's integral image). Here there is
-    one; the rest are in-place updates of the convolutions' input gradients. Fresh
-    map-sized tensors are the cost on CPU: each page-faults.
+    the two paths into visual and text, the text map's integral image). Fresh map-sized
+    tensors are the cost on CPU: each page-faults. Here the forward makes the ones it
+    keeps or returns (text, g, out) and the backward one, the gate's gradient. The input
+    gradients of visual and text are written over g and text, which are no longer
+    needed once the graph is freed (a fresh map each when it is kept), and the
+    convolutions' input gradients are added into them in place (a stride-1
+    convolution's input gradient is the convolution of the output gradient with the
+    kernel flipped).
     """
 
     @staticmethod
@@ -190,7 +259,7 @@ class _PaintedGatedMix(torch.autograd.Function):
         channels = visual.shape[1]
         text = _paint(values, rows, cols, signs, scale, visual.shape[-2:]).to(visual.dtype)
         g = F.conv2d(visual, weight_visual, bias, padding=1, groups=channels)
-        g.add_(F.conv2d(text, weight_text, padding=1, groups=channels)).sigmoid_()
+        _depthwise_conv3x3_add_(g, text, weight_text).sigmoid_()
         ctx.save_for_backward(visual, text, g, rows, cols, signs, scale, weight_visual, weight_text)
         return torch.lerp(text, visual, g)
 
@@ -204,19 +273,23 @@ class _PaintedGatedMix(torch.autograd.Function):
         grad_pre = torch.sub(visual, text).mul_(grad)
         torch.ops.aten.sigmoid_backward.grad_input(grad_pre, g, grad_input=grad_pre)
         conv = ([1, 1], [1, 1], [1, 1], False, [0, 0], channels)  # stride, padding, dilation, transposed
-        grad_visual, grad_weight_visual, grad_bias = torch.ops.aten.convolution_backward(
-            grad_pre, visual, weight_visual, [channels], *conv, [needs[0], needs[6], needs[7]]
+        _, grad_weight_visual, grad_bias = torch.ops.aten.convolution_backward(
+            grad_pre, visual, weight_visual, [channels], *conv, [False, needs[6], needs[7]]
         )
-        grad_text, grad_weight_text, _ = torch.ops.aten.convolution_backward(
-            grad_pre, text, weight_text, None, *conv, [needs[1], needs[8], False]
+        _, grad_weight_text, _ = torch.ops.aten.convolution_backward(
+            grad_pre, text, weight_text, None, *conv, [False, needs[8], False]
         )
-        if grad_visual is not None:
-            grad_visual.addcmul_(grad, g)
-        grad_values = None
-        if grad_text is not None:
-            grad_text.add_(grad).addcmul_(grad, g, value=-1)
-            # The convolution's fresh gradient (or its copy in the values' dtype) is ours.
+        kept = _graph_kept()
+        grad_visual = grad_values = None
+        if needs[1]:
+            # d out / d text = 1 - g, plus the text convolution's input gradient; g is
+            # still intact, text no longer needed.
+            grad_text = torch.addcmul(grad, grad, g, value=-1, out=torch.empty_like(g) if kept else text)
+            _depthwise_conv3x3_add_(grad_text, grad_pre, weight_text.flip(-1, -2))
             grad_values = _box_sums(grad_text.to(scale.dtype), scale, rows, cols, signs, overwrite=True)
+        if needs[0]:
+            grad_visual = torch.mul(grad, g, out=torch.empty_like(g) if kept else g)
+            _depthwise_conv3x3_add_(grad_visual, grad_pre, weight_visual.flip(-1, -2))
         return grad_visual, grad_values, None, None, None, None, grad_weight_visual, grad_bias, grad_weight_text
 
 
