@@ -187,23 +187,98 @@ def test_gated_fusion_matches_grouped_conv_definition(layout, dtype):
 
 
 def test_gated_fusion_backward_twice_with_retained_graph():
-    """The backward writes gradients over the tensors it saved when the graph is freed
-    after it; with retain_graph it must not, so a second backward gives the same."""
+    """The backward writes gradients over the tensors it saved, and hands buffers back
+    for the next step, when the graph is freed after it; with retain_graph it must not,
+    so a second backward gives the same, after another step in between too."""
     torch.manual_seed(2)
     fusion = TextFusion(4, 8, mode="gated", gate_bias_init=0.3)
     with torch.no_grad():
         fusion.gate_visual.weight.normal_()
         fusion.gate_text.weight.normal_()
-    visual = torch.randn(2, 4, 5, 6, requires_grad=True)
-    feats = torch.randn(2, 7, 4, requires_grad=True)
-    out = fusion(visual, feats, random_boxes(2, 7, 48, 40, torch.Generator().manual_seed(3)), torch.ones(2, 7))
-    loss = (out * torch.randn_like(out)).sum()
-    inputs = [visual, feats, *fusion.parameters()]
+    boxes = random_boxes(2, 7, 48, 40, torch.Generator().manual_seed(3))
+
+    def forward():
+        visual = torch.randn(2, 4, 5, 6, requires_grad=True)
+        feats = torch.randn(2, 7, 4, requires_grad=True)
+        out = fusion(visual, feats, boxes, torch.ones(2, 7))
+        return (out * torch.randn_like(out)).sum(), [visual, feats, *fusion.parameters()]
+
+    loss, inputs = forward()
     first = torch.autograd.grad(loss, inputs, retain_graph=True)
+    other_loss, other_inputs = forward()
+    torch.autograd.grad(other_loss, other_inputs)
     second = torch.autograd.grad(loss, inputs, retain_graph=True)
     last = torch.autograd.grad(loss, inputs)
     for a, b, c in zip(first, second, last):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_reusable_maps_hand_back_the_largest_buffers():
+    from ditod.modeling.fusion import ReusableMaps
+
+    maps = ReusableMaps()
+    small, large, largest = (torch.empty(n) for n in (10, 40, 60))
+    maps.give(small, largest.view(3, 20), large[:5])  # whole storages are kept
+    taken = maps.take((2, 3, 5), torch.float32, torch.device("cpu"))
+    assert taken.shape == (2, 3, 5) and taken.is_contiguous()
+    assert taken.data_ptr() == largest.data_ptr()
+    like = torch.empty(2, 4, 2, 2).contiguous(memory_format=torch.channels_last)
+    taken = maps.take_like(like)
+    assert taken.data_ptr() == large.data_ptr() and taken.stride() == like.stride()
+    # Nothing kept: the small one was dropped for the two largest; then a fresh tensor.
+    assert maps.take((4,), torch.float32, torch.device("cpu")).data_ptr() not in (small.data_ptr(), large.data_ptr())
+    # A kept buffer too small or of another dtype is not used.
+    maps.give(small)
+    assert maps.take((11,), torch.float32, torch.device("cpu")).data_ptr() != small.data_ptr()
+    maps.give(small)
+    assert maps.take((4,), torch.float64, torch.device("cpu")).dtype == torch.float64
+
+
+def test_reusable_maps_are_not_copied():
+    import copy
+    import pickle
+
+    from ditod.modeling.fusion import ReusableMaps
+
+    maps = ReusableMaps()
+    kept = torch.empty(100)
+    maps.give(kept)
+    for clone in (copy.deepcopy(maps), pickle.loads(pickle.dumps(maps))):
+        assert clone.take((100,), torch.float32, torch.device("cpu")).data_ptr() != kept.data_ptr()
+    assert maps.take((100,), torch.float32, torch.device("cpu")).data_ptr() == kept.data_ptr()
+
+
+def test_gated_fusion_reuses_its_maps_across_steps_of_changing_size():
+    """Training steps (float32, channels-last: oneDNN's path on CPU) on pages of changing
+    size give what the same module without kept maps gives, and the gate of a step is
+    a buffer the previous step's backward handed back."""
+    import copy
+
+    torch.manual_seed(5)
+    fusion = TextFusion(6, 8, mode="gated", gate_bias_init=0.2)
+    with torch.no_grad():
+        fusion.gate_visual.weight.normal_()
+        fusion.gate_text.weight.normal_()
+    generator = torch.Generator().manual_seed(6)
+    for grid in [(9, 7), (9, 7), (5, 6), (10, 8), (9, 7)]:
+        fusion.zero_grad()
+        fresh = copy.deepcopy(fusion)  # a copy keeps no maps
+        visual = torch.randn(2, 6, *grid, generator=generator).contiguous(memory_format=torch.channels_last)
+        feats = torch.randn(2, 9, 6, generator=generator)
+        boxes = random_boxes(2, 9, grid[1] * 8, grid[0] * 8, generator)
+        weights = torch.randn(2, 6, *grid, generator=generator)
+        kept = [buffer.data_ptr() for buffer in fusion.reusable_maps._buffers]
+        results = []
+        for module in (fusion, fresh):
+            inputs = [visual.clone().requires_grad_(True), feats.clone().requires_grad_(True)]
+            out = module(*inputs, boxes, torch.ones(2, 9))
+            (out * weights).sum().backward()
+            results.append([out, *(tensor.grad for tensor in inputs), *(p.grad for p in module.parameters())])
+        for ours, expected in zip(*results):
+            assert torch.equal(ours, expected)
+        if kept and grid != (10, 8):  # (10, 8) outgrows the kept maps
+            # The visual map's gradient is written over the gate.
+            assert results[0][1].data_ptr() in kept
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -252,7 +327,7 @@ def test_fusion_under_autocast(mode, visual_dtype):
 def test_painted_gated_mix_passes_gradcheck(reduce):
     """The written-out backward against numerical gradients, for the visual map, the
     token values and the gate weights."""
-    from ditod.modeling.fusion import _PaintedGatedMix, _paint_inputs
+    from ditod.modeling.fusion import ReusableMaps, _PaintedGatedMix, _paint_inputs
 
     generator = torch.Generator().manual_seed(3)
     channels, stride, grid = 3, 8, (4, 5)
@@ -265,7 +340,8 @@ def test_painted_gated_mix_passes_gradcheck(reduce):
     boxes = random_boxes(2, 6, grid[1] * stride, grid[0] * stride, generator).double()
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
     values, rows, cols, signs, scale = _paint_inputs(leaf(2, 6, channels), boxes, mask, grid, stride, reduce)
-    inputs = (visual, values, rows, cols, signs, scale, leaf(channels, 1, 3, 3), leaf(channels), leaf(channels, 1, 3, 3))
+    weights = (leaf(channels, 1, 3, 3), leaf(channels), leaf(channels, 1, 3, 3))
+    inputs = (visual, values, rows, cols, signs, scale, *weights, ReusableMaps())
     assert torch.autograd.gradcheck(_PaintedGatedMix.apply, inputs)
 
 

@@ -9,10 +9,12 @@ from four corners. No Python loop over tokens, no device-to-host copy, and the
 large buffers are summed in place (fresh allocations are what costs on CPU).
 
 The gated mix, painting included, has its backward written out (`_PaintedGatedMix`) for
-the same reason, and on CPU its convolutions add into buffers it already has.
+the same reason; on CPU its convolutions add into buffers it already has, and the maps
+its backward is done with serve the next step (`ReusableMaps`).
 """
 import functools
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -80,21 +82,23 @@ def _prefix_sum_(grid, dim):
     return grid
 
 
-def _paint_sum(values, positions, signs, grid):
+def _paint_sum(values, positions, signs, grid, maps=None):
     """Sum of each token's `values` (B, T, C) over its cells, as a (B, C, H, W)
-    channels-last tensor; `positions` and `signs` from `_difference_corners`."""
+    channels-last tensor; `positions` and `signs` from `_difference_corners`. The map
+    comes from `maps` (a `ReusableMaps`) when given."""
     batch, num_tokens, channels = values.shape
     height, width = grid
     updates = (values.unsqueeze(2) * signs.view(batch, num_tokens, 4, 1).to(values.dtype)).flatten(1, 2)
-    diff = values.new_zeros(batch, height * width, channels)
+    shape = (batch, height * width, channels)
+    diff = values.new_zeros(shape) if maps is None else maps.take(shape, values.dtype, values.device).zero_()
     diff.scatter_add_(1, positions.unsqueeze(-1).expand(-1, -1, channels), updates)
     integral = _prefix_sum_(_prefix_sum_(diff.view(batch, height, width, channels), 1), 2)
     return integral.permute(0, 3, 1, 2)
 
 
-def _paint(values, rows, cols, signs, scale, grid):
+def _paint(values, rows, cols, signs, scale, grid, maps=None):
     """scale * (sum of each token's values over its cells), (B, C, H, W) channels-last."""
-    return _paint_sum(values, *_difference_corners(rows, cols, signs, grid), grid).mul_(scale)
+    return _paint_sum(values, *_difference_corners(rows, cols, signs, grid), grid, maps).mul_(scale)
 
 
 def _box_sums(maps, scale, rows, cols, signs, overwrite=False):
@@ -206,6 +210,18 @@ def _onednn_conv_add_works():
     return works
 
 
+def _onednn_conv_add_applies(out, x, weight):
+    """Whether `_onednn_conv_add_` takes these: float32 channels-last maps on CPU."""
+    return (
+        x.device.type == "cpu"
+        and out.dtype == x.dtype == weight.dtype == torch.float32
+        and out.is_contiguous(memory_format=torch.channels_last)
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and torch.backends.mkldnn.enabled
+        and _onednn_conv_add_works()
+    )
+
+
 def _depthwise_conv3x3_add_(out, x, weight):
     """
     out += the depthwise 3x3 convolution of x (padding 1, no bias), in place.
@@ -214,14 +230,7 @@ def _depthwise_conv3x3_add_(out, x, weight):
     about 20 ms at a page's stride-4 map, against about 55 ms for a convolution into a
     fresh map (its page faults) plus the add.
     """
-    if (
-        x.device.type == "cpu"
-        and out.dtype == x.dtype == weight.dtype == torch.float32
-        and out.is_contiguous(memory_format=torch.channels_last)
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and torch.backends.mkldnn.enabled
-        and _onednn_conv_add_works()
-    ):
+    if _onednn_conv_add_applies(out, x, weight):
         return _onednn_conv_add_(out, x, weight)
     return out.add_(F.conv2d(x, weight, padding=1, groups=x.shape[1]))
 
@@ -232,6 +241,46 @@ def _graph_kept():
     assumes so where it cannot."""
     keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
     return keep_graph is None or keep_graph()
+
+
+class ReusableMaps:
+    """
+    Map-sized CPU buffers that a `TextFusion`'s backward pass is done with (the painted
+    text map, the gate's gradient), for its next forward pass (the text map, the gate).
+    A fresh map-sized tensor on CPU costs its page faults (about 30 ms for a page's
+    stride-4 map at batch 2, three passes over it); GPUs' caching allocators reuse
+    memory already. Keeps the two largest buffers handed back, so that multi-scale
+    training settles on its largest maps; between steps it holds what a step holds
+    anyway. Copies and pickles start empty.
+    """
+
+    def __init__(self):
+        self._buffers = []
+
+    def __reduce__(self):
+        return type(self), ()
+
+    def take(self, shape, dtype, device):
+        """An uninitialised contiguous tensor of `shape`: a kept buffer where one fits."""
+        numel = math.prod(shape)
+        if device.type == "cpu" and self._buffers:
+            buffer = self._buffers.pop()
+            if buffer.dtype == dtype and buffer.numel() >= numel:
+                return buffer[:numel].view(shape)
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    def take_like(self, tensor):
+        """`take` in the shape and memory layout of a dense `tensor`."""
+        return self.take((tensor.numel(),), tensor.dtype, tensor.device).as_strided(tensor.shape, tensor.stride())
+
+    def give(self, *tensors):
+        """Hands back tensors that nothing will read again; their whole storage is kept."""
+        buffers = self._buffers + [
+            torch.empty(0, dtype=tensor.dtype).set_(tensor.untyped_storage())
+            for tensor in tensors
+            if tensor.device.type == "cpu"
+        ]
+        self._buffers = sorted(buffers, key=torch.Tensor.numel)[-2:]
 
 
 class _PaintedGatedMix(torch.autograd.Function):
@@ -251,14 +300,22 @@ class _PaintedGatedMix(torch.autograd.Function):
     needed once the graph is freed (a fresh map each when it is kept), and the
     convolutions' input gradients are added into them in place (a stride-1
     convolution's input gradient is the convolution of the output gradient with the
-    kernel flipped).
+    kernel flipped). On CPU, text and g come from `maps`, to which the backward hands
+    back the gate's gradient and text's buffer: of the four maps, only the two that
+    leave (out, and g as visual's gradient) are fresh each step.
     """
 
     @staticmethod
-    def forward(ctx, visual, values, rows, cols, signs, scale, weight_visual, bias, weight_text):
+    def forward(ctx, visual, values, rows, cols, signs, scale, weight_visual, bias, weight_text, maps):
         channels = visual.shape[1]
-        text = _paint(values, rows, cols, signs, scale, visual.shape[-2:]).to(visual.dtype)
-        g = F.conv2d(visual, weight_visual, bias, padding=1, groups=channels)
+        ctx.maps = maps
+        text = _paint(values, rows, cols, signs, scale, visual.shape[-2:], maps).to(visual.dtype)
+        if _onednn_conv_add_applies(visual, visual, weight_visual):
+            # Into a kept buffer, in visual's layout: no fresh map to fault in.
+            g = maps.take_like(visual).copy_(bias.view(1, channels, 1, 1).expand_as(visual))
+            _onednn_conv_add_(g, visual, weight_visual)
+        else:
+            g = F.conv2d(visual, weight_visual, bias, padding=1, groups=channels)
         _depthwise_conv3x3_add_(g, text, weight_text).sigmoid_()
         ctx.save_for_backward(visual, text, g, rows, cols, signs, scale, weight_visual, weight_text)
         return torch.lerp(text, visual, g)
@@ -290,7 +347,8 @@ class _PaintedGatedMix(torch.autograd.Function):
         if needs[0]:
             grad_visual = torch.mul(grad, g, out=torch.empty_like(g) if kept else g)
             _depthwise_conv3x3_add_(grad_visual, grad_pre, weight_visual.flip(-1, -2))
-        return grad_visual, grad_values, None, None, None, None, grad_weight_visual, grad_bias, grad_weight_text
+        ctx.maps.give(grad_pre, *([] if kept else [text]))
+        return grad_visual, grad_values, None, None, None, None, grad_weight_visual, grad_bias, grad_weight_text, None
 
 
 class TextFusion(nn.Module):
@@ -333,6 +391,7 @@ class TextFusion(nn.Module):
             nn.init.zeros_(self.gate_visual.weight)
             nn.init.zeros_(self.gate_text.weight)
             nn.init.constant_(self.gate_visual.bias, gate_bias_init)
+            self.reusable_maps = ReusableMaps()
 
     def forward(self, visual, token_feats, token_boxes, mask):
         # The pyramid's visual maps are channels-last already (the ViT's tokens are rows
@@ -344,7 +403,7 @@ class TextFusion(nn.Module):
         if self.mode == "gated" and not torch.is_autocast_enabled(visual.device.type):
             inputs = _paint_inputs(token_feats, token_boxes, mask, grid, self.stride, self.reduce)
             weights = (self.gate_visual.weight, self.gate_visual.bias, self.gate_text.weight)
-            return _PaintedGatedMix.apply(visual, *inputs, *weights)
+            return _PaintedGatedMix.apply(visual, *inputs, *weights, self.reusable_maps)
         text = paint_tokens(token_feats, token_boxes, mask, grid, self.stride, self.reduce).to(visual.dtype)
         if self.mode == "add":
             return visual + text
