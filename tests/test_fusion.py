@@ -52,13 +52,20 @@ def random_boxes(batch, tokens, page_w, page_h, generator):
 
 @pytest.mark.parametrize("reduce", ["mean", "sum"])
 @pytest.mark.parametrize("stride", [4, 8, 32])
-def test_paint_tokens_matches_reference_loop(reduce, stride):
+@pytest.mark.parametrize("vertical", [False, True])
+def test_paint_tokens_matches_reference_loop(reduce, stride, vertical):
+    """Horizontal lines are painted along grid rows, vertical text along columns."""
+    from ditod.modeling.fusion import _token_runs
+
     generator = torch.Generator().manual_seed(stride)
     batch, tokens, channels = 2, 40, 5
     page_h, page_w = 128, 96
     grid = (page_h // stride, page_w // stride)
     feats = torch.randn(batch, tokens, channels, generator=generator, dtype=torch.float64)
-    boxes = random_boxes(batch, tokens, page_w, page_h, generator).double()
+    if vertical:
+        boxes = random_boxes(batch, tokens, page_h, page_w, generator).double()[..., [1, 0, 3, 2]]
+    else:
+        boxes = random_boxes(batch, tokens, page_w, page_h, generator).double()
     mask = torch.ones(batch, tokens, dtype=torch.long)
     mask[1, 25:] = 0
     # Padding carries garbage that must not leak anywhere.
@@ -68,6 +75,7 @@ def test_paint_tokens_matches_reference_loop(reduce, stride):
     feats_b = feats.clone().requires_grad_(True)
     out = paint_tokens(feats_a, boxes, mask, grid, stride, reduce)
     ref = reference_paint(feats_b, boxes, mask, grid, stride, reduce)
+    assert _token_runs(boxes, mask, grid, stride).dim == (1 if vertical else 2)
     assert out.shape == (batch, channels) + grid
     # The layout of the pyramid's visual maps, which the gate convs need.
     assert out.is_contiguous(memory_format=torch.channels_last)
@@ -339,9 +347,9 @@ def test_painted_gated_mix_passes_gradcheck(reduce):
     visual = visual.contiguous(memory_format=torch.channels_last).requires_grad_(True)
     boxes = random_boxes(2, 6, grid[1] * stride, grid[0] * stride, generator).double()
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
-    values, rows, cols, signs, scale = _paint_inputs(leaf(2, 6, channels), boxes, mask, grid, stride, reduce)
+    values, runs, scale = _paint_inputs(leaf(2, 6, channels), boxes, mask, grid, stride, reduce)
     weights = (leaf(channels, 1, 3, 3), leaf(channels), leaf(channels, 1, 3, 3))
-    inputs = (visual, values, rows, cols, signs, scale, *weights, ReusableMaps())
+    inputs = (visual, values, runs, scale, *weights, ReusableMaps())
     assert torch.autograd.gradcheck(_PaintedGatedMix.apply, inputs)
 
 

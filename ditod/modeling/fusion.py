@@ -1,12 +1,13 @@
 """Text features painted onto a feature map, and the modules that mix them in.
 
 `paint_tokens` turns per-token features into a (B, C, H, W) map by adding each
-token's feature to every grid cell its box covers. Both directions are integral
-images: forward scatters four signed corner updates per token into a difference
-array (O(T*C)) and takes two cumulative sums over the grid (O(H*W*C)); backward
-takes the integral image of the incoming gradient and reads each token's box sum
-from four corners. No Python loop over tokens, no device-to-host copy, and the
-large buffers are summed in place (fresh allocations are what costs on CPU).
+token's feature to every grid cell its box covers. A box's cells are taken as runs,
+one per grid row (a text line covers a few rows; columns for vertical text), and both
+directions are prefix sums along the runs: forward adds each run's token at its first
+cell and takes it away past its last one (O(runs*C)), then sums along the rows once
+(O(H*W*C)); backward sums the incoming gradient along the rows and reads each run's sum
+from its two ends. No Python loop over tokens, and the large buffers are summed in
+place (fresh allocations are what costs on CPU).
 
 The gated mix, painting included, has its backward written out (`_PaintedGatedMix`) for
 the same reason; on CPU its convolutions add into buffers it already has, and the maps
@@ -15,6 +16,7 @@ its backward is done with serve the next step (`ReusableMaps`).
 import functools
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,27 +50,56 @@ def token_cell_ranges(token_boxes, grid, stride):
     return x0, y0, x1, y1
 
 
-def _corners(x0, y0, x1, y1):
-    """Rows, columns and signs of the corners (y0, x0), (y0, x1 + 1), (y1 + 1, x0),
-    (y1 + 1, x1 + 1) of each range, each (B, T * 4)."""
-    rows = torch.stack([y0, y0, y1 + 1, y1 + 1], dim=-1).flatten(1)
-    cols = torch.stack([x0, x1 + 1, x0, x1 + 1], dim=-1).flatten(1)
-    signs = torch.tensor([1.0, -1.0, -1.0, 1.0], device=x0.device).repeat(x0.shape[-1])
-    return rows, cols, signs.expand_as(rows)
+@dataclass(frozen=True)
+class _Runs:
+    """
+    The cells of the tokens' ranges as runs: one run per grid row of a range (per
+    column, for ranges taller than wide in total: vertical text), R runs in all.
+    Positions are flat indices into the B * H * W cells of a (B, H, W) grid.
+    """
+
+    dim: int  # the dim of a (B, H, W, C) grid that runs lie along: 2 (rows) or 1 (columns)
+    step: int  # flat distance between neighbouring cells of a run: 1 or W
+    tokens: int  # B * T
+    token: torch.Tensor  # (R,) each run's token, an index into the B * T
+    first: torch.Tensor  # (R,) each run's first cell
+    last: torch.Tensor  # (R,) each run's last cell
+    ended: torch.Tensor  # indices of the runs that end before the grid's edge
+    started: torch.Tensor  # indices of the runs that start after the grid's edge
 
 
-def _difference_corners(rows, cols, signs, grid):
-    """The corners as flat positions in an H x W difference array. A corner on row H or
-    column W changes only cells past the grid: it is dropped (sign 0), so the painted
-    map is the whole array, with no border to cut off and copy."""
+def _token_runs(token_boxes, mask, grid, stride):
+    """The `_Runs` of the real tokens' cell ranges (`token_cell_ranges`); padding
+    tokens have none."""
     height, width = grid
-    inside = (rows < height) & (cols < width)
-    return torch.where(inside, rows * width + cols, 0), signs * inside
+    x0, y0, x1, y1 = token_cell_ranges(token_boxes, grid, stride)
+    keep = mask.bool()
+    heights, widths = torch.where(keep, y1 - y0 + 1, 0), torch.where(keep, x1 - x0 + 1, 0)
+    along_rows = bool(heights.sum() <= widths.sum())
+    if along_rows:
+        counts, across, across_step, lo, hi, step, size = heights, y0, width, x0, x1, 1, width
+    else:
+        counts, across, across_step, lo, hi, step, size = widths, x0, 1, y0, y1, width, height
+    counts = counts.flatten()
+    token = torch.repeat_interleave(counts)
+    offset = torch.arange(len(token), device=token.device) - (counts.cumsum(0) - counts)[token]
+    base = (token // x0.shape[-1]) * (height * width) + (across.flatten()[token] + offset) * across_step
+    lo, hi = lo.flatten()[token], hi.flatten()[token]
+    return _Runs(
+        dim=2 if along_rows else 1,
+        step=step,
+        tokens=counts.numel(),
+        token=token,
+        first=base + lo * step,
+        last=base + hi * step,
+        ended=torch.nonzero(hi < size - 1).flatten(),
+        started=torch.nonzero(lo > 0).flatten(),
+    )
 
 
 # The grids below are (B, H, W, C): channels last, so each token's C features are one
-# contiguous row (scatter and gather move whole rows) and the painted map comes out in
-# the layout of the pyramid's visual features, which the gate convs need.
+# contiguous row (index_add_ and index_select move whole rows) and the painted map comes
+# out in the layout of the pyramid's visual features, which the gate convs need.
 
 
 def _prefix_sum_(grid, dim):
@@ -82,80 +113,79 @@ def _prefix_sum_(grid, dim):
     return grid
 
 
-def _paint_sum(values, positions, signs, grid, maps=None):
+def _paint_sum(values, runs, grid, maps=None):
     """Sum of each token's `values` (B, T, C) over its cells, as a (B, C, H, W)
-    channels-last tensor; `positions` and `signs` from `_difference_corners`. The map
+    channels-last tensor: each run adds its token's values at its first cell and takes
+    them away past its last one, and one prefix sum along the runs spreads them. The map
     comes from `maps` (a `ReusableMaps`) when given."""
-    batch, num_tokens, channels = values.shape
+    batch, _, channels = values.shape
     height, width = grid
-    updates = (values.unsqueeze(2) * signs.view(batch, num_tokens, 4, 1).to(values.dtype)).flatten(1, 2)
-    shape = (batch, height * width, channels)
+    shape = (batch * height * width, channels)
     diff = values.new_zeros(shape) if maps is None else maps.take(shape, values.dtype, values.device).zero_()
-    diff.scatter_add_(1, positions.unsqueeze(-1).expand(-1, -1, channels), updates)
-    integral = _prefix_sum_(_prefix_sum_(diff.view(batch, height, width, channels), 1), 2)
-    return integral.permute(0, 3, 1, 2)
+    run_values = values.reshape(-1, channels)[runs.token]
+    diff.index_add_(0, runs.first, run_values)
+    diff.index_add_(0, runs.last[runs.ended] + runs.step, run_values[runs.ended], alpha=-1)
+    return _prefix_sum_(diff.view(batch, height, width, channels), runs.dim).permute(0, 3, 1, 2)
 
 
-def _paint(values, rows, cols, signs, scale, grid, maps=None):
+def _paint(values, runs, scale, grid, maps=None):
     """scale * (sum of each token's values over its cells), (B, C, H, W) channels-last."""
-    return _paint_sum(values, *_difference_corners(rows, cols, signs, grid), grid, maps).mul_(scale)
+    return _paint_sum(values, runs, grid, maps).mul_(scale)
 
 
-def _box_sums(maps, scale, rows, cols, signs, overwrite=False):
+def _box_sums(maps, scale, runs, overwrite=False):
     """
     For each token, the sum of `maps * scale` (B, C, H, W) over its cells, as (B, T, C):
     the gradient of `_paint`. With overwrite=True, `maps` is a buffer of the caller's
-    that nothing else reads, and is used as the integral image (no fresh map).
+    that nothing else reads, and is used as the prefix sums (no fresh map).
     """
     batch, channels, height, width = maps.shape
     cells = maps.permute(0, 2, 3, 1)
     scale = scale.permute(0, 2, 3, 1)
     if overwrite and cells.is_contiguous():
-        integral = cells.mul_(scale)
+        prefix = cells.mul_(scale)
     else:
-        integral = torch.mul(cells, scale, out=maps.new_empty(batch, height, width, channels))
-    _prefix_sum_(_prefix_sum_(integral, 1), 2)
-    # integral[y, x] sums rows <= y and columns <= x, so a box's sum is the signed sum of
-    # the integral one row and column before the four corners the forward pass
-    # scattered to; there is nothing before row or column 0.
-    inside = (rows > 0) & (cols > 0)
-    positions = torch.where(inside, (rows - 1) * width + cols - 1, 0).unsqueeze(-1).expand(-1, -1, channels)
-    cells = integral.reshape(batch, -1, channels).gather(1, positions)
-    return (cells * (signs * inside).unsqueeze(-1).to(cells.dtype)).view(batch, -1, 4, channels).sum(2)
+        prefix = torch.mul(cells, scale, out=maps.new_empty(batch, height, width, channels))
+    prefix = _prefix_sum_(prefix, runs.dim).view(-1, channels)
+    # A run's sum: the prefix sum at its last cell less the one before its first cell.
+    run_sums = prefix[runs.last]
+    run_sums.index_add_(0, runs.started, prefix[runs.first[runs.started] - runs.step], alpha=-1)
+    sums = run_sums.new_zeros(runs.tokens, channels).index_add_(0, runs.token, run_sums)
+    return sums.view(batch, -1, channels)
 
 
 class _PaintTokens(torch.autograd.Function):
     """`_paint`, with gradients for the values."""
 
     @staticmethod
-    def forward(ctx, values, rows, cols, signs, scale, grid):
-        ctx.save_for_backward(rows, cols, signs, scale)
-        return _paint(values, rows, cols, signs, scale, grid)
+    def forward(ctx, values, runs, scale, grid):
+        ctx.runs = runs
+        ctx.save_for_backward(scale)
+        return _paint(values, runs, scale, grid)
 
     @staticmethod
     def backward(ctx, grad_out):
-        rows, cols, signs, scale = ctx.saved_tensors
-        return _box_sums(grad_out, scale, rows, cols, signs), None, None, None, None, None
+        (scale,) = ctx.saved_tensors
+        return _box_sums(grad_out, scale, ctx.runs), None, None, None
 
 
 def _paint_inputs(token_feats, token_boxes, mask, grid, stride, reduce):
-    """What `_paint` needs: the tokens' values (padding zeroed, at least float32), the
-    corners of their cell ranges with signs, and the per-cell scale of `reduce`."""
+    """What `_paint` needs: the tokens' values (at least float32), the runs of their
+    cells, and the per-cell scale of `reduce`."""
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    keep = mask.bool()
     # Sums accumulate in at least float32, whatever the autocast dtype.
     dtype = torch.promote_types(token_feats.dtype, torch.float32)
-    values = torch.where(keep.unsqueeze(-1), token_feats, 0).to(dtype)
-    rows, cols, signs = _corners(*token_cell_ranges(token_boxes, grid, stride))
+    values = token_feats.to(dtype)
+    runs = _token_runs(token_boxes, mask, grid, stride)
     # Tokens per cell: small integers, exact in floating point, so empty cells are found
     # exactly and forced to 0 (the painted sums there can hold rounding residue).
-    count = _paint_sum(keep.to(dtype).unsqueeze(-1), *_difference_corners(rows, cols, signs, grid), grid).round()
+    count = _paint_sum(values.new_ones(*values.shape[:2], 1), runs, grid)
     if reduce == "mean":
         scale = torch.where(count > 0, 1 / count.clamp(min=1), 0)
     else:
         scale = (count > 0).to(dtype)
-    return values, rows, cols, signs, scale
+    return values, runs, scale
 
 
 def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
@@ -293,7 +323,7 @@ class _PaintedGatedMix(torch.autograd.Function):
     The function autograd would differentiate from `paint_tokens` and the ops, with the
     backward written out: autograd's makes about ten fresh map-sized tensors (lerp's
     three partial products, 1 - g, visual - text, the sigmoid's gradient, the sums of
-    the two paths into visual and text, the text map's integral image). Fresh map-sized
+    the two paths into visual and text, the text map's prefix sums). Fresh map-sized
     tensors are the cost on CPU: each page-faults. Here the forward makes the ones it
     keeps or returns (text, g, out) and the backward one, the gate's gradient. The input
     gradients of visual and text are written over g and text, which are no longer
@@ -306,10 +336,10 @@ class _PaintedGatedMix(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, visual, values, rows, cols, signs, scale, weight_visual, bias, weight_text, maps):
+    def forward(ctx, visual, values, runs, scale, weight_visual, bias, weight_text, maps):
         channels = visual.shape[1]
         ctx.maps = maps
-        text = _paint(values, rows, cols, signs, scale, visual.shape[-2:], maps).to(visual.dtype)
+        text = _paint(values, runs, scale, visual.shape[-2:], maps).to(visual.dtype)
         if _onednn_conv_add_applies(visual, visual, weight_visual):
             # Into a kept buffer, in visual's layout: no fresh map to fault in.
             g = maps.take_like(visual).copy_(bias.view(1, channels, 1, 1).expand_as(visual))
@@ -317,13 +347,14 @@ class _PaintedGatedMix(torch.autograd.Function):
         else:
             g = F.conv2d(visual, weight_visual, bias, padding=1, groups=channels)
         _depthwise_conv3x3_add_(g, text, weight_text).sigmoid_()
-        ctx.save_for_backward(visual, text, g, rows, cols, signs, scale, weight_visual, weight_text)
+        ctx.runs = runs
+        ctx.save_for_backward(visual, text, g, scale, weight_visual, weight_text)
         return torch.lerp(text, visual, g)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        visual, text, g, rows, cols, signs, scale, weight_visual, weight_text = ctx.saved_tensors
+        visual, text, g, scale, weight_visual, weight_text = ctx.saved_tensors
         needs = ctx.needs_input_grad
         channels = visual.shape[1]
         # d out / d g = visual - text; then through the sigmoid, in place.
@@ -331,10 +362,10 @@ class _PaintedGatedMix(torch.autograd.Function):
         torch.ops.aten.sigmoid_backward.grad_input(grad_pre, g, grad_input=grad_pre)
         conv = ([1, 1], [1, 1], [1, 1], False, [0, 0], channels)  # stride, padding, dilation, transposed
         _, grad_weight_visual, grad_bias = torch.ops.aten.convolution_backward(
-            grad_pre, visual, weight_visual, [channels], *conv, [False, needs[6], needs[7]]
+            grad_pre, visual, weight_visual, [channels], *conv, [False, needs[4], needs[5]]
         )
         _, grad_weight_text, _ = torch.ops.aten.convolution_backward(
-            grad_pre, text, weight_text, None, *conv, [False, needs[8], False]
+            grad_pre, text, weight_text, None, *conv, [False, needs[6], False]
         )
         kept = _graph_kept()
         grad_visual = grad_values = None
@@ -343,12 +374,12 @@ class _PaintedGatedMix(torch.autograd.Function):
             # still intact, text no longer needed.
             grad_text = torch.addcmul(grad, grad, g, value=-1, out=torch.empty_like(g) if kept else text)
             _depthwise_conv3x3_add_(grad_text, grad_pre, weight_text.flip(-1, -2))
-            grad_values = _box_sums(grad_text.to(scale.dtype), scale, rows, cols, signs, overwrite=True)
+            grad_values = _box_sums(grad_text.to(scale.dtype), scale, ctx.runs, overwrite=True)
         if needs[0]:
             grad_visual = torch.mul(grad, g, out=torch.empty_like(g) if kept else g)
             _depthwise_conv3x3_add_(grad_visual, grad_pre, weight_visual.flip(-1, -2))
         ctx.maps.give(grad_pre, *([] if kept else [text]))
-        return grad_visual, grad_values, None, None, None, None, grad_weight_visual, grad_bias, grad_weight_text, None
+        return grad_visual, grad_values, None, None, grad_weight_visual, grad_bias, grad_weight_text, None
 
 
 class TextFusion(nn.Module):
