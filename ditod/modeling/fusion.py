@@ -338,7 +338,7 @@ class _PaintedGatedMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, visual, values, runs, scale, weight_visual, bias, weight_text, maps):
         channels = visual.shape[1]
-        ctx.maps = maps
+        ctx.runs, ctx.maps = runs, maps
         text = _paint(values, runs, scale, visual.shape[-2:], maps).to(visual.dtype)
         if _onednn_conv_add_applies(visual, visual, weight_visual):
             # Into a kept buffer, in visual's layout: no fresh map to fault in.
@@ -347,7 +347,6 @@ class _PaintedGatedMix(torch.autograd.Function):
         else:
             g = F.conv2d(visual, weight_visual, bias, padding=1, groups=channels)
         _depthwise_conv3x3_add_(g, text, weight_text).sigmoid_()
-        ctx.runs = runs
         ctx.save_for_backward(visual, text, g, scale, weight_visual, weight_text)
         return torch.lerp(text, visual, g)
 
