@@ -4,10 +4,15 @@ VENV := $(if $(DITOD_VENV),$(DITOD_VENV),.venv)
 PYTHON := $(VENV)/bin/python
 export DITOD_VENV := $(abspath $(VENV))
 
-.PHONY: setup test test-fast demo bench bench-text clean
+.PHONY: setup lint test test-fast demo bench bench-text clean
 
 setup:
 	@bash tools/setup_env.sh
+
+# ruff, configured in pyproject.toml (CI runs it before the tests).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: setup
 	$(PYTHON) -m pytest -q tests

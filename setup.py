@@ -3,16 +3,19 @@
 detectron2 itself is not on PyPI and is therefore not listed here;
 `make setup` (tools/setup_env.sh) installs it next to this package.
 """
+
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="ditod",
     version="0.1.0",
     description="LayoutLMv3 ViT-FPN backbone with OCR text fusion for Detectron2 layout detection",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["ditod", "ditod.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -41,7 +44,7 @@ setup(
         "pymupdf",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout"],
+        "dev": ["pytest", "pytest-timeout", "ruff==0.17.6"],
         "paddle": ["paddleocr"],
     },
 )

@@ -1,4 +1,5 @@
 """The config keys that ditod adds to detectron2's defaults."""
+
 import os
 
 import yaml

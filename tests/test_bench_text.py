@@ -1,4 +1,5 @@
 """tools/bench_text.py's bookkeeping: results of small validation sets and cached runs."""
+
 import importlib.util
 import os
 
@@ -15,9 +16,14 @@ def test_a_class_without_validation_instances_is_left_out_of_the_means():
     assert summary["text_dependent_AP"] == 20.0
     assert bench_text.mean([None, None]) is None
     report = {
-        "command": "python tools/bench_text.py", "iters": 3, "train_pages": 4, "val_pages": 2, "data_seed": 1,
-        "seeds": [0], "runs": {"image_only": {"mean": summary, "per_seed": [summary], "train_minutes": None}},
-    }  # fmt: skip
+        "command": "python tools/bench_text.py",
+        "iters": 3,
+        "train_pages": 4,
+        "val_pages": 2,
+        "data_seed": 1,
+        "seeds": [0],
+        "runs": {"image_only": {"mean": summary, "per_seed": [summary], "train_minutes": None}},
+    }
     row = next(line for line in bench_text.markdown(report).splitlines() if line.startswith("| image_only | 40.0"))
     assert row == "| image_only | 40.0 | 60.0 | 35.0 | **20.0** | 30.0 | - | 10.0 | - |"
 

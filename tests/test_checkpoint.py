@@ -33,7 +33,13 @@ def sample_inputs():
     token_boxes = torch.cat([xy, xy + 20], dim=-1)
     bbox = (token_boxes / 224 * 1000).long()
     attention_mask = torch.ones(2, 6, dtype=torch.long)
-    return {"images": images, "input_ids": input_ids, "bbox": bbox, "attention_mask": attention_mask, "token_boxes": token_boxes}
+    return {
+        "images": images,
+        "input_ids": input_ids,
+        "bbox": bbox,
+        "attention_mask": attention_mask,
+        "token_boxes": token_boxes,
+    }
 
 
 def test_huggingface_checkpoint_loads_with_from_pretrained_semantics(tmp_path):
@@ -127,9 +133,7 @@ def test_own_checkpoint_round_trip_and_shape_mismatch_is_skipped(tmp_path, caplo
     assert "incompatible shapes" in caplog.text
     assert "some.unknown.weight" in caplog.text
     assert torch.equal(target.roi_heads.box_predictor[0].cls_score.weight, before)
-    assert torch.equal(
-        target.backbone.bottom_up.layoutlmv3.pos_embed, source.backbone.bottom_up.layoutlmv3.pos_embed
-    )
+    assert torch.equal(target.backbone.bottom_up.layoutlmv3.pos_embed, source.backbone.bottom_up.layoutlmv3.pos_embed)
 
 
 def test_non_checkpoint_file_is_a_clear_error(tmp_path):

@@ -1,4 +1,5 @@
 """ditod.load_config: the config a tool builds, and its errors."""
+
 import pytest
 
 from conftest import TINY_TEXT_CONFIG

@@ -1,4 +1,5 @@
 """datasets/cdla_to_coco.py and datasets/doclaynet_to_ocr.py on small files in the real formats."""
+
 import importlib.util
 import json
 import os
@@ -6,8 +7,9 @@ import uuid
 
 import numpy as np
 import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ditod.data.datasets import CDLA_CLASSES, register_vl_coco
 from ditod.data.ocr import load_ocr
@@ -23,8 +25,15 @@ def load_script(name):
 
 
 def labelme(image_path, width, height, shapes):
-    return {"version": "4.5.6", "flags": {}, "shapes": shapes, "imagePath": image_path,
-            "imageData": None, "imageHeight": height, "imageWidth": width}  # fmt: skip
+    return {
+        "version": "4.5.6",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+        "imageHeight": height,
+        "imageWidth": width,
+    }
 
 
 def shape(label, points, shape_type="polygon"):
@@ -39,19 +48,29 @@ def cdla_dir(tmp_path):
     Image.new("RGB", (400, 600), "white").save(root / "train_0001.jpg")
     Image.new("RGB", (300, 500), "white").save(root / "train_0002.jpg")
     pages = {
-        "train_0001.json": labelme("train_0001.jpg", 400, 600, [
-            shape("Text", [[10, 20], [210, 20], [210, 120], [10, 120]]),
-            shape("title", [[50, 5], [350, 5], [350, 15], [50, 15]]),  # label case differs
-            shape("Figure caption", [[0, 300], [100, 300], [50, 400]]),  # a triangle
-            shape("Table", [[380, 500], [450, 650]], "rectangle"),  # runs off the page
-            shape("Stamp", [[1, 1], [2, 1], [2, 2]]),  # not a CDLA class
-            shape("Equation", [[5, 5], [5, 5], [5, 5]]),  # no area
-        ]),
-        "train_0002.json": labelme("train_0002.jpg", 300, 500, [
-            shape("Reference", [[10, 10], [290, 10], [290, 40], [10, 40]]),
-        ]),
+        "train_0001.json": labelme(
+            "train_0001.jpg",
+            400,
+            600,
+            [
+                shape("Text", [[10, 20], [210, 20], [210, 120], [10, 120]]),
+                shape("title", [[50, 5], [350, 5], [350, 15], [50, 15]]),  # label case differs
+                shape("Figure caption", [[0, 300], [100, 300], [50, 400]]),  # a triangle
+                shape("Table", [[380, 500], [450, 650]], "rectangle"),  # runs off the page
+                shape("Stamp", [[1, 1], [2, 1], [2, 2]]),  # not a CDLA class
+                shape("Equation", [[5, 5], [5, 5], [5, 5]]),  # no area
+            ],
+        ),
+        "train_0002.json": labelme(
+            "train_0002.jpg",
+            300,
+            500,
+            [
+                shape("Reference", [[10, 10], [290, 10], [290, 40], [10, 40]]),
+            ],
+        ),
         "train_0003.json": labelme("train_0003.jpg", 300, 500, []),  # image missing
-    }  # fmt: skip
+    }
     for name, data in pages.items():
         (root / name).write_text(json.dumps(data))
     (root / "train_0004.json").write_text('{"shapes": [')
@@ -70,8 +89,9 @@ def test_cdla_to_coco(cdla_dir, capsys):
     coco = json.loads(out.read_text())
     assert [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])] == CDLA_CLASSES
     assert [(i["file_name"], i["width"], i["height"]) for i in coco["images"]] == [
-        ("train_0001.jpg", 400, 600), ("train_0002.jpg", 300, 500)
-    ]  # fmt: skip
+        ("train_0001.jpg", 400, 600),
+        ("train_0002.jpg", 300, 500),
+    ]
     by_class = {CDLA_CLASSES[a["category_id"] - 1]: a for a in coco["annotations"]}
     assert set(by_class) == {"Text", "Title", "Figure caption", "Table", "Reference"}
     assert by_class["Text"]["bbox"] == [10, 20, 200, 100] and by_class["Text"]["area"] == 20000
@@ -144,11 +164,20 @@ def test_cdla_to_coco_without_labelme_jsons_is_an_error(tmp_path, capsys, folder
 
 def doclaynet_page(page_hash, cells, width=1025, height=1025):
     return {
-        "metadata": {"page_hash": page_hash, "original_filename": "report.pdf", "page_no": 3, "num_pages": 9,
-                     "original_width": 612, "original_height": 792, "coco_width": width, "coco_height": height,
-                     "collection": "ann_reports_00_04_fancy", "doc_category": "financial_reports"},
+        "metadata": {
+            "page_hash": page_hash,
+            "original_filename": "report.pdf",
+            "page_no": 3,
+            "num_pages": 9,
+            "original_width": 612,
+            "original_height": 792,
+            "coco_width": width,
+            "coco_height": height,
+            "collection": "ann_reports_00_04_fancy",
+            "doc_category": "financial_reports",
+        },
         "cells": cells,
-    }  # fmt: skip
+    }
 
 
 def cell(text, bbox):

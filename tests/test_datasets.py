@@ -1,4 +1,5 @@
 """COCO datasets with OCR: registration, bad boxes, category ids, evaluation, built-ins."""
+
 import json
 import logging
 import math
@@ -8,12 +9,13 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cfg
+from PIL import Image
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
-from PIL import Image
 
+from conftest import tiny_cfg
 from ditod.data.datasets import BUILTIN_DATASETS, register_from_config, register_vl_coco
 from ditod.data.mapper import VLDatasetMapper
 from ditod.data.ocr import PageOCR, save_ocr

@@ -1,6 +1,7 @@
 """Evaluation on what the loader reads: ground truth without the annotations the loader
 drops, pages whose image cannot be read left out (one process, two processes, and
 `VLTrainer.test` with the tiny model)."""
+
 import json
 import logging
 import math
@@ -11,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
 from detectron2.evaluation import COCOEvaluator, coco_evaluation
 from detectron2.structures import Boxes, BoxMode, Instances
 from detectron2.utils import comm
 
+from conftest import tiny_cfg
 from ditod.data import register_vl_coco, train_tokenizer
 from ditod.data.ocr import PageOCR, save_ocr
 from ditod.engine import VLCOCOEvaluator, VLTrainer
@@ -101,8 +102,11 @@ UNREADABLE_BBOXES = {
 }
 
 
-@pytest.mark.parametrize("bboxes", [[b] for b in UNREADABLE_BBOXES.values()] + [list(UNREADABLE_BBOXES.values())],
-                         ids=list(UNREADABLE_BBOXES) + ["all"])  # fmt: skip
+@pytest.mark.parametrize(
+    "bboxes",
+    [[b] for b in UNREADABLE_BBOXES.values()] + [list(UNREADABLE_BBOXES.values())],
+    ids=list(UNREADABLE_BBOXES) + ["all"],
+)
 def test_ground_truth_leaves_out_the_annotations_the_loader_drops(bboxes, tmp_path, warnings_of):
     with open(SAMPLES_JSON) as f:
         coco = json.load(f)
@@ -140,8 +144,11 @@ def test_unreadable_pages_are_left_out_not_counted_as_missed(warnings_of):
     assert warning == f"{name}: 2 page(s) left out of the evaluation, their image cannot be read: broken; broken"
     # What a plain COCOEvaluator makes of pages without predictions: their objects are missed.
     readable = [i for i, r in enumerate(records) if r["image_id"] not in unreadable]
-    plain = feed(COCOEvaluator(name, tasks=("bbox",), distributed=False), [records[i] for i in readable],
-                 [predictions[i] for i in readable])  # fmt: skip
+    plain = feed(
+        COCOEvaluator(name, tasks=("bbox",), distributed=False),
+        [records[i] for i in readable],
+        [predictions[i] for i in readable],
+    )
     assert plain.evaluate()["bbox"]["AP"] < 95
 
 
@@ -166,8 +173,11 @@ def test_unreadable_pages_of_both_processes_are_left_out(tmp_path):
     launch(_evaluate_in_two_processes, 2, dist_url="auto", args=(unreadable, str(tmp_path / "ap.json")))
     readable = [i for i, r in enumerate(records) if r["image_id"] not in unreadable]
     predictions = noisy_predictions(records)
-    plain = feed(COCOEvaluator(name, tasks=("bbox",), distributed=False), [records[i] for i in readable],
-                 [predictions[i] for i in readable])  # fmt: skip
+    plain = feed(
+        COCOEvaluator(name, tasks=("bbox",), distributed=False),
+        [records[i] for i in readable],
+        [predictions[i] for i in readable],
+    )
     expected = plain.evaluate(img_ids=[records[i]["image_id"] for i in readable])["bbox"]
     assert json.loads((tmp_path / "ap.json").read_text()) == pytest.approx(expected, nan_ok=True)
 
@@ -210,10 +220,21 @@ def test_trainer_test_leaves_an_unreadable_page_out(pages_with_a_broken_image, m
     def cfg(json_name):
         name, _ = registered(root / json_name, root / "images", root / "ocr")
         return name, tiny_cfg(
-            "MODEL.VIT.TOKENIZER", str(root / "tokenizer"), "MODEL.ROI_HEADS.NUM_CLASSES", 5,
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "INPUT.MIN_SIZE_TEST", 192, "INPUT.MAX_SIZE_TEST", 320,
-            "DATASETS.TEST", (name,), "OUTPUT_DIR", str(root / json_name.replace(".json", "")),
-        )  # fmt: skip
+            "MODEL.VIT.TOKENIZER",
+            str(root / "tokenizer"),
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            5,
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            0.0,
+            "INPUT.MIN_SIZE_TEST",
+            192,
+            "INPUT.MAX_SIZE_TEST",
+            320,
+            "DATASETS.TEST",
+            (name,),
+            "OUTPUT_DIR",
+            str(root / json_name.replace(".json", "")),
+        )
 
     name, with_broken = cfg("with_broken.json")
     model = VLTrainer.build_model(with_broken)

@@ -335,7 +335,7 @@ def test_fusion_under_autocast(mode, visual_dtype):
 def test_painted_gated_mix_passes_gradcheck(reduce):
     """The written-out backward against numerical gradients, for the visual map, the
     token values and the gate weights."""
-    from ditod.modeling.fusion import ReusableMaps, _PaintedGatedMix, _paint_inputs
+    from ditod.modeling.fusion import ReusableMaps, _paint_inputs, _PaintedGatedMix
 
     generator = torch.Generator().manual_seed(3)
     channels, stride, grid = 3, 8, (4, 5)

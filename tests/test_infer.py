@@ -1,5 +1,6 @@
 """tools/infer.py on images (OCR on the fly, or OCR jsons) and on a two-page PDF (text layer);
 class names from the checkpoint; clear errors for bad arguments."""
+
 import importlib.util
 import json
 import os
@@ -39,10 +40,13 @@ def setup(tmp_path_factory):
     lines = [line for path in sorted((root / "val" / "ocr").glob("*.json")) for line in load_ocr(path).words]
     train_tokenizer(lines, str(root / "tokenizer"), vocab_size=400)
     opts = [
-        "MODEL.VIT.TOKENIZER", str(root / "tokenizer"),
-        "DATASETS.REGISTER", repr([["infer_val", str(root / "val.json"), str(root / "val" / "images"), ""]]),
-        "DATASETS.TEST", '("infer_val",)',
-    ]  # fmt: skip
+        "MODEL.VIT.TOKENIZER",
+        str(root / "tokenizer"),
+        "DATASETS.REGISTER",
+        repr([["infer_val", str(root / "val.json"), str(root / "val" / "images"), ""]]),
+        "DATASETS.TEST",
+        '("infer_val",)',
+    ]
     cfg = get_cfg()
     add_vit_config(cfg)
     cfg.merge_from_file(TINY_TEXT_CONFIG)
@@ -84,9 +88,22 @@ def test_image_with_ocr_on_the_fly_and_a_bad_file(setup, tmp_path):
     (inputs / "broken.jpg").write_bytes(b"not an image")
     output = tmp_path / "out"
     result = run_infer(
-        "--config-file", TINY_TEXT_CONFIG, "--weights", root / "weights.pth", "--input", inputs,
-        "--output", output, "--score-thresh", THRESH, "--device", "cpu", "--opts", *opts, cwd=tmp_path,
-    )  # fmt: skip
+        "--config-file",
+        TINY_TEXT_CONFIG,
+        "--weights",
+        root / "weights.pth",
+        "--input",
+        inputs,
+        "--output",
+        output,
+        "--score-thresh",
+        THRESH,
+        "--device",
+        "cpu",
+        "--opts",
+        *opts,
+        cwd=tmp_path,
+    )
     # The bad file is reported and the exit status says so; the good page is done.
     assert result.returncode == 1, result.stderr[-3000:]
     assert "FAILED broken" in result.stdout and "1 page(s)" in result.stdout
@@ -119,10 +136,26 @@ def test_two_page_pdf_uses_its_text_layer(setup, two_page_pdf, tmp_path):
     root, opts, _ = setup
     output = tmp_path / "out"
     result = run_infer(
-        "--config-file", TINY_TEXT_CONFIG, "--weights", root / "weights.pth", "--input", two_page_pdf,
-        "--output", output, "--score-thresh", THRESH, "--device", "cpu", "--dpi", 144,
-        "--classes", *CATEGORIES, "--opts", *opts, cwd=tmp_path,
-    )  # fmt: skip
+        "--config-file",
+        TINY_TEXT_CONFIG,
+        "--weights",
+        root / "weights.pth",
+        "--input",
+        two_page_pdf,
+        "--output",
+        output,
+        "--score-thresh",
+        THRESH,
+        "--device",
+        "cpu",
+        "--dpi",
+        144,
+        "--classes",
+        *CATEGORIES,
+        "--opts",
+        *opts,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 page(s)" in result.stdout and "text layer 2" in result.stdout
     size = (300 * 2, 420 * 2)  # 144 dpi: two pixels per PDF point
@@ -150,11 +183,26 @@ def test_detections_equal_those_of_the_evaluation_pipeline(setup, tmp_path):
     # infer.py with the pages' OCR jsons gives what evaluation's test loader gives.
     root, opts, cfg = setup
     output = tmp_path / "out"
-    status = load_tool().main([
-        "--config-file", TINY_TEXT_CONFIG, "--weights", str(root / "weights.pth"),
-        "--input", str(root / "val" / "images"), "--ocr-dir", str(root / "val" / "ocr"),
-        "--output", str(output), "--score-thresh", str(THRESH), "--device", "cpu", "--opts", *opts,
-    ])  # fmt: skip
+    status = load_tool().main(
+        [
+            "--config-file",
+            TINY_TEXT_CONFIG,
+            "--weights",
+            str(root / "weights.pth"),
+            "--input",
+            str(root / "val" / "images"),
+            "--ocr-dir",
+            str(root / "val" / "ocr"),
+            "--output",
+            str(output),
+            "--score-thresh",
+            str(THRESH),
+            "--device",
+            "cpu",
+            "--opts",
+            *opts,
+        ]
+    )
     assert status == 0
 
     cfg = cfg.clone()
@@ -207,11 +255,26 @@ def test_class_names_and_ids_come_from_the_checkpoint(setup, own_weights, tmp_pa
 
     # DATASETS.TEST of the config is infer_val, whose classes are CATEGORIES; no --classes.
     output = tmp_path / "out"
-    status = load_tool().main([
-        "--config-file", TINY_TEXT_CONFIG, "--weights", str(own_weights), "--input", str(root / "val" / "images"),
-        "--ocr-dir", str(root / "val" / "ocr"), "--output", str(output), "--score-thresh", str(THRESH),
-        "--device", "cpu", "--opts", *opts,
-    ])  # fmt: skip
+    status = load_tool().main(
+        [
+            "--config-file",
+            TINY_TEXT_CONFIG,
+            "--weights",
+            str(own_weights),
+            "--input",
+            str(root / "val" / "images"),
+            "--ocr-dir",
+            str(root / "val" / "ocr"),
+            "--output",
+            str(output),
+            "--score-thresh",
+            str(THRESH),
+            "--device",
+            "cpu",
+            "--opts",
+            *opts,
+        ]
+    )
     assert status == 0
     assert "ocr json 2" in capsys.readouterr().out
     results = json.loads((output / "results.json").read_text())
@@ -229,11 +292,26 @@ def test_page_missing_from_ocr_dir_is_ocred_on_the_fly(setup, tmp_path, capsys):
     ocr_dir.mkdir()
     shutil.copy(root / "val" / "ocr" / "val_000000.json", ocr_dir)
     output = tmp_path / "out"
-    status = load_tool().main([
-        "--config-file", TINY_TEXT_CONFIG, "--weights", str(root / "weights.pth"),
-        "--input", str(root / "val" / "images"), "--ocr-dir", str(ocr_dir), "--output", str(output),
-        "--score-thresh", str(THRESH), "--device", "cpu", "--opts", *opts,
-    ])  # fmt: skip
+    status = load_tool().main(
+        [
+            "--config-file",
+            TINY_TEXT_CONFIG,
+            "--weights",
+            str(root / "weights.pth"),
+            "--input",
+            str(root / "val" / "images"),
+            "--ocr-dir",
+            str(ocr_dir),
+            "--output",
+            str(output),
+            "--score-thresh",
+            str(THRESH),
+            "--device",
+            "cpu",
+            "--opts",
+            *opts,
+        ]
+    )
     assert status == 0
     assert "OCR from: ocr json 1, rapidocr 1" in capsys.readouterr().out
     assert json.loads((output / "val_000000.json").read_text())["ocr"] == "ocr json"
@@ -256,10 +334,22 @@ def test_bad_arguments_stop_before_a_model_is_built(setup, tmp_path, monkeypatch
     monkeypatch.setattr(tool, "build_model", lambda cfg: pytest.fail("a model was built"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:
-        tool.main([
-            "--config-file", TINY_TEXT_CONFIG, "--weights", str(root / "weights.pth"),
-            "--input", str(root / "val" / "images"), "--output", "out", *arguments, "--opts", *opts, *overrides,
-        ])  # fmt: skip
+        tool.main(
+            [
+                "--config-file",
+                TINY_TEXT_CONFIG,
+                "--weights",
+                str(root / "weights.pth"),
+                "--input",
+                str(root / "val" / "images"),
+                "--output",
+                "out",
+                *arguments,
+                "--opts",
+                *opts,
+                *overrides,
+            ]
+        )
     assert stop.value.code == f"infer.py: error: {problem}"
 
 
@@ -267,10 +357,24 @@ def test_bad_arguments_stop_before_a_model_is_built(setup, tmp_path, monkeypatch
 def test_bad_config_override_is_a_one_line_error(setup, tmp_path):
     root, opts, _ = setup
     result = run_infer(
-        "--config-file", TINY_TEXT_CONFIG, "--weights", root / "weights.pth", "--input", root / "val" / "images",
-        "--output", tmp_path / "out", "--opts", *opts, "MODEL.NO_SUCH_KEY", "1", cwd=tmp_path,
-    )  # fmt: skip
+        "--config-file",
+        TINY_TEXT_CONFIG,
+        "--weights",
+        root / "weights.pth",
+        "--input",
+        root / "val" / "images",
+        "--output",
+        tmp_path / "out",
+        "--opts",
+        *opts,
+        "MODEL.NO_SUCH_KEY",
+        "1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     # Only the error, as its last line (library warnings may come before it).
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "infer.py: error: config override: Non-existent key: MODEL.NO_SUCH_KEY"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "infer.py: error: config override: Non-existent key: MODEL.NO_SUCH_KEY"
+    )

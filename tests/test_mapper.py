@@ -1,26 +1,52 @@
 """VLDatasetMapper: OCR tokens follow the image through resize/crop/flip; bad input."""
+
 import json
 import logging
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cfg
+from PIL import Image
+
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from PIL import Image
 
 import ditod.data.tokens as tokens
+from conftest import tiny_cfg
 from ditod.data.mapper import VLDatasetMapper
 from ditod.data.ocr import OCRFormatError, PageOCR, save_ocr
 from ditod.data.tokens import OCRTokenizer, train_tokenizer
 
 WIDTH, HEIGHT = 320, 240
-WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
-    "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
-).split()
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+]
 
 
 def page_lines():
@@ -58,8 +84,14 @@ def page(tmp_path):
     draw_page(tmp_path / "page.png", boxes, colors)
     order = np.arange(len(texts))[::-1]
     save_ocr(tmp_path / "page.json", PageOCR(WIDTH, HEIGHT, [texts[i] for i in order], boxes[order]))
-    record = {"file_name": str(tmp_path / "page.png"), "ocr_file": str(tmp_path / "page.json"), "image_id": 0,
-              "height": HEIGHT, "width": WIDTH, "annotations": []}  # fmt: skip
+    record = {
+        "file_name": str(tmp_path / "page.png"),
+        "ocr_file": str(tmp_path / "page.json"),
+        "image_id": 0,
+        "height": HEIGHT,
+        "width": WIDTH,
+        "annotations": [],
+    }
     return record, texts, boxes, colors
 
 
@@ -69,9 +101,12 @@ def make_cfg(tokenizer_dir, *overrides):
 
 def mapper_with(cfg, augmentations, is_train=True):
     return VLDatasetMapper(
-        is_train, augmentations=augmentations, image_format="RGB",
-        ocr_tokenizer=OCRTokenizer.from_config(cfg), missing_ocr=cfg.INPUT.OCR.MISSING,
-    )  # fmt: skip
+        is_train,
+        augmentations=augmentations,
+        image_format="RGB",
+        ocr_tokenizer=OCRTokenizer.from_config(cfg),
+        missing_ocr=cfg.INPUT.OCR.MISSING,
+    )
 
 
 def token_lines(out, tokenizer):
@@ -129,9 +164,20 @@ def test_crop_resize_flip_move_tokens_with_the_page(tokenizer_dir, page):
 def test_random_augmentations_keep_tokens_on_their_words(tokenizer_dir, page, seed):
     record, texts, _, colors = page
     cfg = make_cfg(
-        tokenizer_dir, "AUG.DETR", True, "INPUT.CROP.ENABLED", True, "INPUT.CROP.TYPE", "absolute_range",
-        "INPUT.CROP.SIZE", (100, 220), "INPUT.RANDOM_FLIP", "horizontal", "INPUT.MIN_SIZE_TRAIN", (200, 280, 360),
-    )  # fmt: skip
+        tokenizer_dir,
+        "AUG.DETR",
+        True,
+        "INPUT.CROP.ENABLED",
+        True,
+        "INPUT.CROP.TYPE",
+        "absolute_range",
+        "INPUT.CROP.SIZE",
+        (100, 220),
+        "INPUT.RANDOM_FLIP",
+        "horizontal",
+        "INPUT.MIN_SIZE_TRAIN",
+        (200, 280, 360),
+    )
     mapper = VLDatasetMapper(cfg, is_train=True)
     np.random.seed(seed)
     out = mapper(record)
@@ -176,10 +222,13 @@ def test_image_only_reads_no_ocr(tokenizer_dir, page):
 
 
 def test_annotations_without_segmentation(tokenizer_dir, page):
-    record = dict(page[0], annotations=[
-        {"bbox": [20.0, 40.0, 130.0, 150.0], "bbox_mode": 1, "category_id": 0, "iscrowd": 0},
-        {"bbox": [170.0, 40.0, 130.0, 150.0], "bbox_mode": 1, "category_id": 3, "iscrowd": 0},
-    ])  # fmt: skip
+    record = dict(
+        page[0],
+        annotations=[
+            {"bbox": [20.0, 40.0, 130.0, 150.0], "bbox_mode": 1, "category_id": 0, "iscrowd": 0},
+            {"bbox": [170.0, 40.0, 130.0, 150.0], "bbox_mode": 1, "category_id": 3, "iscrowd": 0},
+        ],
+    )
     out = VLDatasetMapper(make_cfg(tokenizer_dir), is_train=True)(record)
     instances = out["instances"]
     assert instances.gt_classes.tolist() == [0, 3]

@@ -114,7 +114,9 @@ def test_page_results_do_not_depend_on_batch_mates():
 def test_backbone_inputs_pad_and_normalize_each_page_to_its_own_size():
     model = build_model(tiny_cfg()).eval()
     pages = [page(3, size=(320, 256)), page(5, size=(256, 320))]
-    pages[0]["token_boxes"] = torch.tensor([[0.0, 0.0, 128.0, 160.0], [256.0, 320.0, 256.0, 320.0], [-5.0, 10.0, 300.0, 400.0]])
+    pages[0]["token_boxes"] = torch.tensor(
+        [[0.0, 0.0, 128.0, 160.0], [256.0, 320.0, 256.0, 320.0], [-5.0, 10.0, 300.0, 400.0]]
+    )
     images = model.preprocess_image(pages)
     inputs = model.backbone_inputs(pages, images)
     pad = model.backbone.bottom_up.pad_token_id
@@ -137,6 +139,5 @@ def test_mismatched_ids_and_boxes_name_the_page():
     bad = page(4)
     bad["token_boxes"] = bad["token_boxes"][:3]
     bad["file_name"] = "pages/p7.png"
-    with pytest.raises(ValueError, match="p7.png"):
-        with torch.no_grad():
-            model([bad])
+    with pytest.raises(ValueError, match="p7.png"), torch.no_grad():
+        model([bad])

@@ -1,4 +1,5 @@
 """OCR json I/O, the OCR engines, PDF text layers and tools/ocr.py."""
+
 import importlib.util
 import json
 import math
@@ -70,7 +71,7 @@ def test_save_load_roundtrip_keeps_values_and_unicode(tmp_path):
     save_ocr(path, page)
 
     raw = path.read_bytes()
-    assert "版面分析".encode("utf-8") in raw  # written as UTF-8, not \u escapes
+    assert "版面分析".encode() in raw  # written as UTF-8, not \u escapes
     assert json.loads(raw)["W"] == 640
     loaded = load_ocr(path)
     assert (loaded.width, loaded.height, loaded.words) == (640, 480, page.words)
@@ -140,10 +141,9 @@ def test_bad_ocr_file_names_the_file_and_field(tmp_path, case):
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "page.json"
     path.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_write(path, "w") as f:
-            f.write("half of the new")
-            raise RuntimeError("disk gone")
+    with pytest.raises(RuntimeError), atomic_write(path, "w") as f:
+        f.write("half of the new")
+        raise RuntimeError("disk gone")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["page.json"]
 
@@ -151,11 +151,14 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 # ---------------------------------------------------------------- PaddleOCR
 
 # The fixture's lines as xywh, worked out by hand from its polygons.
-PADDLE_WORDS = ["Goals of the review", "METHODS", "• What additional research is needed?", "PAPERS",
-                "CBPHC, rationale, methods and database description"]
-PADDLE_BOXES = [
-    [120, 142, 108, 14], [118, 631, 67, 16], [120, 543, 159, 12], [564, 150, 16, 82], [375, 14, 173, 12]
+PADDLE_WORDS = [
+    "Goals of the review",
+    "METHODS",
+    "• What additional research is needed?",
+    "PAPERS",
+    "CBPHC, rationale, methods and database description",
 ]
+PADDLE_BOXES = [[120, 142, 108, 14], [118, 631, 67, 16], [120, 543, 159, 12], [564, 150, 16, 82], [375, 14, 173, 12]]
 
 
 @pytest.mark.parametrize("version", ["paddleocr2", "paddleocr3"])
@@ -216,7 +219,7 @@ def test_rapidocr_reads_lines_where_they_are_drawn(rapidocr):
     ink = dark_pixels(image)
     covered = np.zeros_like(ink)
     for x0, y0, x1, y1 in np.round(page.boxes_xyxy()).astype(int):
-        covered[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+        covered[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
     assert (ink & covered).sum() >= 0.98 * ink.sum()  # the boxes hold the ink
     assert rapidocr.stage_seconds["detection"] > 0 and rapidocr.stage_seconds["recognition"] > 0
 
@@ -230,7 +233,11 @@ def test_rapidocr_finds_publaynet_words_in_their_annotated_blocks(rapidocr):
     coco = json.loads((PUBLAYNET / "samples.json").read_text())
     # Lines checked by eye on the page images, with the block (category, bbox) they sit in.
     expected = {
-        "PMC5491943_00004.jpg": [("Goals of the review", 2), ("METHODS", 2), ("What additional research is needed?", 3)],
+        "PMC5491943_00004.jpg": [
+            ("Goals of the review", 2),
+            ("METHODS", 2),
+            ("What additional research is needed?", 3),
+        ],
         "PMC5624106_00000.jpg": [("Introduction", 2), ("Internationally, aspirations for community-based", 1)],
     }
     for file_name, lines in expected.items():
@@ -303,7 +310,7 @@ def test_pdf_text_boxes_cover_the_rendered_text(tmp_path, rotate):
     covered = np.zeros_like(ink)
     for x0, y0, x1, y1 in np.round(page.ocr.boxes_xyxy()).astype(int):
         assert ink[y0:y1, x0:x1].sum() > 100  # each box is on its text
-        covered[y0:y1 + 1, x0:x1 + 1] = True
+        covered[y0 : y1 + 1, x0 : x1 + 1] = True
     assert (ink & covered).sum() >= 0.99 * ink.sum()
 
 
@@ -418,7 +425,7 @@ def test_tool_renders_pdf_pages_with_text_layer_and_ocr_fallback(tmp_path, ocr_t
         assert (ocr.width, ocr.height) == (image.shape[1], image.shape[0]) == (800, 600)
     # The scanned word sits on the inserted image: x 100..700, y 200..400 at 144 dpi.
     x, y, w, h = load_ocr(tmp_path / "out" / "report_p0002.json").boxes[0]
-    assert 100 <= x and x + w <= 700 and 200 <= y and y + h <= 400
+    assert x >= 100 and x + w <= 700 and y >= 200 and y + h <= 400
 
     assert ocr_tool.main(args) == 1
     assert "2 skipped" in capsys.readouterr().out

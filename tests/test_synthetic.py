@@ -1,4 +1,5 @@
 """The synthetic page generator: determinism, COCO/OCR outputs, hard-text mode, Chinese, pixels."""
+
 import hashlib
 import importlib.util
 import json
@@ -58,8 +59,9 @@ def lines_of_blocks(page):
     blocks = []
     for category_id, box in page.annotations:
         box = xyxy(box)
-        centered = [(t, b) for t, b in lines if box[0] <= (b[0] + b[2]) / 2 <= box[2]
-                    and box[1] <= (b[1] + b[3]) / 2 <= box[3]]
+        centered = [
+            (t, b) for t, b in lines if box[0] <= (b[0] + b[2]) / 2 <= box[2] and box[1] <= (b[1] + b[3]) / 2 <= box[3]
+        ]
         blocks.append((CATEGORIES[category_id - 1], box, centered))
     return blocks
 
@@ -207,7 +209,8 @@ def test_hard_text_length_and_position_do_not_give_classes_away():
                 # a caption "next to" an item overlaps it horizontally, two line heights above or below at most
                 near = 2 * (box[3] - box[1]) / len(lines)
                 lone_captions += not any(
-                    item[0] < box[2] and box[0] < item[2]
+                    item[0] < box[2]
+                    and box[0] < item[2]
                     and (abs(item[3] - box[1]) < near or abs(box[3] - item[1]) < near)
                     for item in items
                 )
@@ -244,11 +247,11 @@ def test_blocks_contain_ink_and_ink_lies_in_blocks():
         ink = ink_mask(page)
         covered = np.zeros_like(ink)
         for category_id, (x, y, w, h) in page.annotations:
-            region = np.asarray(page.image.convert("L"), dtype=np.int16)[y:y + h, x:x + w]
+            region = np.asarray(page.image.convert("L"), dtype=np.int16)[y : y + h, x : x + w]
             assert (region < 128).any(), CATEGORIES[category_id - 1]
             if CATEGORIES[category_id - 1] == "Figure":  # drawn, not a blank box
                 assert region.std() > 10
-            covered[y:y + h, x:x + w] = True
+            covered[y : y + h, x : x + w] = True
         # outside the blocks only rules and specks of dust
         assert ink[~covered].mean() < 0.005
 

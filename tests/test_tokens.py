@@ -1,4 +1,5 @@
 """Tokenizer training, page encoding (budget, drops, special tokens, cache), reading order."""
+
 import importlib.util
 import json
 import logging
@@ -8,19 +9,43 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_cfg
-from detectron2.layers import ShapeSpec
 from transformers import AutoTokenizer, LayoutLMv3Config
 
-from ditod.modeling import build_vit_fpn_backbone
+from detectron2.layers import ShapeSpec
+
+from conftest import tiny_cfg
 from ditod.data.reading_order import reading_order
 from ditod.data.tokens import OCRTokenizer, load_tokenizer, max_text_tokens, train_tokenizer
+from ditod.modeling import build_vit_fpn_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENGLISH = (
-    "layout analysis finds the regions of a page table figure caption introduction results "
-    "method we propose model text title header footer reference equation document detection"
-).split()
+ENGLISH = [
+    "layout",
+    "analysis",
+    "finds",
+    "the",
+    "regions",
+    "of",
+    "a",
+    "page",
+    "table",
+    "figure",
+    "caption",
+    "introduction",
+    "results",
+    "method",
+    "we",
+    "propose",
+    "model",
+    "text",
+    "title",
+    "header",
+    "footer",
+    "reference",
+    "equation",
+    "document",
+    "detection",
+]
 CHINESE = "文档版面分析是识别页面中的文本标题表格图片公式页眉页脚参考文献区域的任务我们提出一个多模态模型"
 
 
@@ -325,8 +350,10 @@ def test_train_tokenizer_vocabulary_too_small(tmp_path, kind, vocab_size, texts,
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("kind, vocab_size, texts", [("bpe", 261, ENGLISH), ("sentencepiece", 23, ENGLISH),
-                                                      ("sentencepiece", 9, ["文档 版面", "abc"])])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, vocab_size, texts",
+    [("bpe", 261, ENGLISH), ("sentencepiece", 23, ENGLISH), ("sentencepiece", 9, ["文档 版面", "abc"])],
+)
 def test_train_tokenizer_smallest_vocabulary(tmp_path, kind, vocab_size, texts):
     tokenizer = train_tokenizer(texts, tmp_path, vocab_size=vocab_size, kind=kind)
     assert len(tokenizer) >= vocab_size

@@ -1,5 +1,6 @@
 """tools/train_net.py as a user runs it: training with text, --eval-only COCO metrics,
 two CPU processes (GLOO DDP), dataset errors."""
+
 import importlib.util
 import json
 import os
@@ -16,8 +17,16 @@ from ditod.data.synthetic import CATEGORIES, SyntheticOptions, generate_split
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 # Smaller pages than the tiny config's 320 px, to keep the runs short.
-SMALL = ["INPUT.MIN_SIZE_TRAIN", "(192,)", "INPUT.MAX_SIZE_TRAIN", "320", "INPUT.MIN_SIZE_TEST", "192",
-         "INPUT.MAX_SIZE_TEST", "320"]  # fmt: skip
+SMALL = [
+    "INPUT.MIN_SIZE_TRAIN",
+    "(192,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "320",
+    "INPUT.MIN_SIZE_TEST",
+    "192",
+    "INPUT.MAX_SIZE_TEST",
+    "320",
+]
 
 
 def run_train_net(*args, cwd, one_thread=True):
@@ -45,13 +54,20 @@ def data(tmp_path_factory):
     lines = [line for path in sorted((root / "train" / "ocr").glob("*.json")) for line in load_ocr(path).words]
     train_tokenizer(lines, str(root / "tokenizer"), vocab_size=400)
     datasets = [
-        "--dataset", f"pages_train={root}/train.json:{root}/train/images:{root}/train/ocr",
-        "--dataset", f"pages_val={root}/val.json:{root}/val/images",
-    ]  # fmt: skip
+        "--dataset",
+        f"pages_train={root}/train.json:{root}/train/images:{root}/train/ocr",
+        "--dataset",
+        f"pages_val={root}/val.json:{root}/val/images",
+    ]
     opts = [
-        "MODEL.VIT.TOKENIZER", root / "tokenizer",
-        "DATASETS.TRAIN", '("pages_train",)', "DATASETS.TEST", '("pages_val",)', *SMALL,
-    ]  # fmt: skip
+        "MODEL.VIT.TOKENIZER",
+        root / "tokenizer",
+        "DATASETS.TRAIN",
+        '("pages_train",)',
+        "DATASETS.TEST",
+        '("pages_val",)',
+        *SMALL,
+    ]
     return root, datasets, opts
 
 
@@ -62,9 +78,18 @@ def trained(data):
     output = root / "trained"
     result = check(
         run_train_net(
-            "--config-file", TINY_TEXT_CONFIG, *datasets, *opts, "OUTPUT_DIR", output,
-            "SOLVER.MAX_ITER", 3, "TEST.EVAL_PERIOD", 2, cwd=root,
-        )  # fmt: skip
+            "--config-file",
+            TINY_TEXT_CONFIG,
+            *datasets,
+            *opts,
+            "OUTPUT_DIR",
+            output,
+            "SOLVER.MAX_ITER",
+            3,
+            "TEST.EVAL_PERIOD",
+            2,
+            cwd=root,
+        )
     )
     return output, result
 
@@ -100,9 +125,17 @@ def test_eval_only_writes_coco_results_and_metrics(data, trained):
     output = root / "evaluated"
     result = check(
         run_train_net(
-            "--config-file", TINY_TEXT_CONFIG, "--eval-only", *datasets, *opts,
-            "MODEL.WEIGHTS", weights / "model_final.pth", "OUTPUT_DIR", output, cwd=root,
-        )  # fmt: skip
+            "--config-file",
+            TINY_TEXT_CONFIG,
+            "--eval-only",
+            *datasets,
+            *opts,
+            "MODEL.WEIGHTS",
+            weights / "model_final.pth",
+            "OUTPUT_DIR",
+            output,
+            cwd=root,
+        )
     )
     folder = output / "inference" / "pages_val"
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -171,9 +204,16 @@ def test_missing_ocr_folder_is_a_clear_error_unless_pages_may_lack_ocr(data):
 def test_unknown_dataset_or_missing_json_is_a_clear_error(data):
     root, datasets, opts = data
     result = run_train_net(
-        "--config-file", TINY_TEXT_CONFIG, *datasets, "--dataset", f"pages_gone={root}/gone.json:{root}", *opts,
-        "DATASETS.TEST", '("pages_test", "pages_gone")', cwd=root,
-    )  # fmt: skip
+        "--config-file",
+        TINY_TEXT_CONFIG,
+        *datasets,
+        "--dataset",
+        f"pages_gone={root}/gone.json:{root}",
+        *opts,
+        "DATASETS.TEST",
+        '("pages_test", "pages_gone")',
+        cwd=root,
+    )
     assert result.returncode != 0
     error = result.stderr.strip().splitlines()[-1]
     assert "DATASETS.TEST names 'pages_test', which is not registered" in error
@@ -212,11 +252,26 @@ def test_two_cpu_processes(data, mode, tmp_path):
     root, datasets, opts = data
     # Two iterations: DDP reports parameters without gradient at the step after.
     # No OMP_NUM_THREADS: train_net.py shares the cores between the processes.
-    result = check(
+    check(
         run_train_net(
-            "--config-file", TINY_TEXT_CONFIG, "--num-gpus", 2, "--dist-url", "auto", *datasets, *opts,
-            "DATASETS.TEST", "()", "SOLVER.MAX_ITER", 2, "OUTPUT_DIR", tmp_path, *mode, cwd=root, one_thread=False,
-        )  # fmt: skip
+            "--config-file",
+            TINY_TEXT_CONFIG,
+            "--num-gpus",
+            2,
+            "--dist-url",
+            "auto",
+            *datasets,
+            *opts,
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.MAX_ITER",
+            2,
+            "OUTPUT_DIR",
+            tmp_path,
+            *mode,
+            cwd=root,
+            one_thread=False,
+        )
     )
     log = (tmp_path / "log.txt").read_text()
     assert "World size: 2" in log

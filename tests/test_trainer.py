@@ -1,5 +1,6 @@
 """The trainer: optimizer parameter groups, gradient accumulation (with AMP and
 full-model clipping), the resumable data stream, and exact resume of a real run."""
+
 import copy
 import itertools
 
@@ -44,9 +45,15 @@ def tiny_model():
 
 def test_param_groups_multiplier_layer_decay_and_no_decay_parameters(tiny_model):
     cfg = tiny_cfg(
-        "SOLVER.BASE_LR", 1.0, "SOLVER.WEIGHT_DECAY", 0.05,
-        "SOLVER.BACKBONE_MULTIPLIER", 0.1, "SOLVER.LAYER_DECAY", 0.5,
-    )  # fmt: skip
+        "SOLVER.BASE_LR",
+        1.0,
+        "SOLVER.WEIGHT_DECAY",
+        0.05,
+        "SOLVER.BACKBONE_MULTIPLIER",
+        0.1,
+        "SOLVER.LAYER_DECAY",
+        0.5,
+    )
     optimizer = VLTrainer.build_optimizer(cfg, tiny_model)
     assert isinstance(optimizer, torch.optim.AdamW)
     settings = param_settings(optimizer)
@@ -60,8 +67,15 @@ def test_param_groups_multiplier_layer_decay_and_no_decay_parameters(tiny_model)
     for i in range(4):
         assert lr[f"{LM}encoder.layer.{i}.attention.self.query.weight"] == pytest.approx(0.1 * 0.5 ** (4 - i))
         assert lr[f"{LM}encoder.layer.{i}.output.LayerNorm.bias"] == pytest.approx(0.1 * 0.5 ** (4 - i))
-    for name in ("embeddings.word_embeddings.weight", "embeddings.x_position_embeddings.weight",
-                 "patch_embed.proj.weight", "cls_token", "pos_embed", "norm.weight", "LayerNorm.bias"):  # fmt: skip
+    for name in (
+        "embeddings.word_embeddings.weight",
+        "embeddings.x_position_embeddings.weight",
+        "patch_embed.proj.weight",
+        "cls_token",
+        "pos_embed",
+        "norm.weight",
+        "LayerNorm.bias",
+    ):
         assert lr[LM + name] == pytest.approx(0.1 * 0.5**5), name
     outside = [name for name in named if not name.startswith(LM)]
     assert any("fpn1" in n for n in outside) and any("text_fusion" in n for n in outside)
@@ -127,9 +141,14 @@ def run(batches, steps, accumulation=1, grad_scaler=None, clip_norm=None, lr=0.0
     model = MeanLossModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=0.01)
     trainer = AccumulatingTrainer(
-        model, batches, optimizer, accumulation_steps=accumulation, grad_scaler=grad_scaler,
-        amp_dtype=torch.bfloat16, clip_norm=clip_norm,
-    )  # fmt: skip
+        model,
+        batches,
+        optimizer,
+        accumulation_steps=accumulation,
+        grad_scaler=grad_scaler,
+        amp_dtype=torch.bfloat16,
+        clip_norm=clip_norm,
+    )
     trainer.train(0, steps)
     history = {name: [v for v, _ in values.values()] for name, values in trainer.storage.histories().items()}
     return model, history
@@ -170,8 +189,12 @@ def test_full_model_clipping_acts_on_the_accumulated_unscaled_gradient(amp):
     )
     start = MeanLossModel()
     # SGD with lr 1 and no momentum: the update is the clipped gradient (+ weight decay).
-    update = torch.cat([(p0 - p).detach().flatten() - 0.01 * p0.detach().flatten()
-                        for p, p0 in zip(clipped.parameters(), start.parameters())])  # fmt: skip
+    update = torch.cat(
+        [
+            (p0 - p).detach().flatten() - 0.01 * p0.detach().flatten()
+            for p, p0 in zip(clipped.parameters(), start.parameters())
+        ]
+    )
     assert update.norm().item() == pytest.approx(0.01, rel=1e-4)
     assert history["grad_norm"][0] == pytest.approx(expected_norm.item(), rel=1e-5)
 
@@ -256,10 +279,22 @@ def stream_dataset():
 def stream(dataset, start_batch, num_batches, workers, grouping, seed=7):
     cfg = get_cfg()
     add_vit_config(cfg)
-    cfg.merge_from_list([
-        "DATASETS.TRAIN", (dataset,), "SOLVER.IMS_PER_BATCH", 3, "DATALOADER.NUM_WORKERS", workers,
-        "DATALOADER.ASPECT_RATIO_GROUPING", grouping, "DATALOADER.FILTER_EMPTY_ANNOTATIONS", False, "SEED", seed,
-    ])  # fmt: skip
+    cfg.merge_from_list(
+        [
+            "DATASETS.TRAIN",
+            (dataset,),
+            "SOLVER.IMS_PER_BATCH",
+            3,
+            "DATALOADER.NUM_WORKERS",
+            workers,
+            "DATALOADER.ASPECT_RATIO_GROUPING",
+            grouping,
+            "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
+            False,
+            "SEED",
+            seed,
+        ]
+    )
     loader = build_resumable_train_loader(cfg, noisy_mapper, start_batch=start_batch)
     return [[(d["image_id"], d["noise"]) for d in batch] for batch in itertools.islice(loader, num_batches)]
 
@@ -290,8 +325,16 @@ def test_missing_ocr_jsons_stop_the_loader_before_training(tmp_path):
     try:
         cfg = get_cfg()
         add_vit_config(cfg)
-        cfg.merge_from_list(["DATASETS.TRAIN", ("trainer_test_ocr_gaps",), "SOLVER.IMS_PER_BATCH", 1,
-                             "DATALOADER.FILTER_EMPTY_ANNOTATIONS", False])  # fmt: skip
+        cfg.merge_from_list(
+            [
+                "DATASETS.TRAIN",
+                ("trainer_test_ocr_gaps",),
+                "SOLVER.IMS_PER_BATCH",
+                1,
+                "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
+                False,
+            ]
+        )
         with pytest.raises(FileNotFoundError, match=rf"2 of the 3 pages of trainer_test_ocr_gaps .* {tmp_path}/1.json"):
             build_resumable_train_loader(cfg, noisy_mapper)
         for key, value in (("INPUT.OCR.MISSING", "empty"), ("MODEL.IMAGE_ONLY", True)):
@@ -325,16 +368,45 @@ def resume_cfg(dataset, tokenizer, output_dir, workers):
     cfg = get_cfg()
     add_vit_config(cfg)
     cfg.merge_from_file(TINY_TEXT_CONFIG)
-    cfg.merge_from_list([
-        "MODEL.VIT.TOKENIZER", tokenizer, "DATASETS.TRAIN", (dataset,), "DATASETS.TEST", (),
-        "OUTPUT_DIR", output_dir, "SEED", 3, "DATALOADER.NUM_WORKERS", workers,
-        "SOLVER.MAX_ITER", 3, "SOLVER.CHECKPOINT_PERIOD", 2, "SOLVER.WARMUP_ITERS", 1,
-        "SOLVER.IMS_PER_BATCH", 2, "SOLVER.GRADIENT_ACCUMULATION_STEPS", 2,
-        # Every source of randomness on: multi-scale resize, crop, flip, dropout, sampling.
-        "INPUT.MIN_SIZE_TRAIN", (128, 160, 192), "INPUT.MAX_SIZE_TRAIN", 256,
-        "INPUT.CROP.ENABLED", True, "INPUT.CROP.TYPE", "relative_range", "INPUT.CROP.SIZE", (0.8, 0.8),
-        "MODEL.VIT.HIDDEN_DROPOUT", 0.1,
-    ])  # fmt: skip
+    cfg.merge_from_list(
+        [
+            "MODEL.VIT.TOKENIZER",
+            tokenizer,
+            "DATASETS.TRAIN",
+            (dataset,),
+            "DATASETS.TEST",
+            (),
+            "OUTPUT_DIR",
+            output_dir,
+            "SEED",
+            3,
+            "DATALOADER.NUM_WORKERS",
+            workers,
+            "SOLVER.MAX_ITER",
+            3,
+            "SOLVER.CHECKPOINT_PERIOD",
+            2,
+            "SOLVER.WARMUP_ITERS",
+            1,
+            "SOLVER.IMS_PER_BATCH",
+            2,
+            "SOLVER.GRADIENT_ACCUMULATION_STEPS",
+            2,
+            # Every source of randomness on: multi-scale resize, crop, flip, dropout, sampling.
+            "INPUT.MIN_SIZE_TRAIN",
+            (128, 160, 192),
+            "INPUT.MAX_SIZE_TRAIN",
+            256,
+            "INPUT.CROP.ENABLED",
+            True,
+            "INPUT.CROP.TYPE",
+            "relative_range",
+            "INPUT.CROP.SIZE",
+            (0.8, 0.8),
+            "MODEL.VIT.HIDDEN_DROPOUT",
+            0.1,
+        ]
+    )
     return cfg
 
 

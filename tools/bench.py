@@ -35,6 +35,7 @@ with their COCO json samples.json, by default the project's
 Results of the sections run now replace those of earlier runs for the same device;
 the others are kept, so CPU and GPU figures accumulate in one file.
 """
+
 import argparse
 import importlib
 import json
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -94,7 +96,10 @@ def line_boxes(generator, batch=BATCH, tokens=TOKENS, page=PAGE):
     x0 = torch.rand(batch, tokens, generator=generator) * (width - 300)
     y0 = torch.rand(batch, tokens, generator=generator) * (height - 20)
     size = torch.stack(
-        [100 + torch.rand(batch, tokens, generator=generator) * 180, 10 + torch.rand(batch, tokens, generator=generator) * 4],
+        [
+            100 + torch.rand(batch, tokens, generator=generator) * 180,
+            10 + torch.rand(batch, tokens, generator=generator) * 4,
+        ],
         dim=-1,
     )
     xy = torch.stack([x0, y0], dim=-1)
@@ -143,7 +148,7 @@ def bench_paint(args):
     total_ours, total_loop, loop_complete = 0.0, 0.0, True
     for stride in STRIDES:
         feats, boxes, mask, levels = paint_case(args.device, stride)
-        ours = median_time(lambda: paint_step(paint_tokens, feats, boxes, mask, levels), args.repeats, args.device)
+        ours = median_time(partial(paint_step, paint_tokens, feats, boxes, mask, levels), args.repeats, args.device)
         command = [sys.executable, __file__, "--loop-worker", str(stride), "--device", args.device]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.loop_budget, check=True)
@@ -217,9 +222,14 @@ def synthetic_batch(image_only, device, seed=0):
     batch = []
     for i in range(BATCH):
         instances = Instances(PAGE)
-        instances.gt_boxes = Boxes(torch.tensor([[50.0, 40, 560, 90], [50, 110, 290, 700], [310, 110, 560, 420], [310, 440, 560, 760]]))
+        instances.gt_boxes = Boxes(
+            torch.tensor([[50.0, 40, 560, 90], [50, 110, 290, 700], [310, 110, 560, 420], [310, 440, 560, 760]])
+        )
         instances.gt_classes = torch.tensor([1, 0, 4, 2])
-        record = {"image": torch.randint(0, 256, (3, *PAGE), dtype=torch.uint8, generator=generator), "instances": instances}
+        record = {
+            "image": torch.randint(0, 256, (3, *PAGE), dtype=torch.uint8, generator=generator),
+            "instances": instances,
+        }
         if not image_only:
             record["input_ids"] = torch.randint(5, 50000, (TOKENS,), generator=generator)
             record["token_boxes"] = boxes[i]
@@ -318,9 +328,11 @@ def bench_step(args):
             for name in rounds:
                 rounds[name].append(run_step_worker(name, args))
         for name, runs in rounds.items():
-            results[name] = {"step_s": statistics.median(run["step_s"] for run in runs),
-                             "peak_memory_mb": max(run["peak_memory_mb"] for run in runs),
-                             "rounds_step_s": [run["step_s"] for run in runs]}
+            results[name] = {
+                "step_s": statistics.median(run["step_s"] for run in runs),
+                "peak_memory_mb": max(run["peak_memory_mb"] for run in runs),
+                "rounds_step_s": [run["step_s"] for run in runs],
+            }
             if "fusion_s" in runs[0]:
                 results[name]["fusion_s"] = statistics.median(run["fusion_s"] for run in runs)
         pair_ratios[(first, second)] = statistics.median(
@@ -429,9 +441,6 @@ def bench_data(args):
 def bench_infer(args):
     from detectron2.modeling import build_model
 
-    from ditod.data import PageOCR
-    from ditod.engine import VLDetectionCheckpointer
-
     infer = load_tool("infer")
     ocr_dir = publaynet_ocr(args.samples)
     tokenizer = samples_tokenizer(ocr_dir)
@@ -439,7 +448,10 @@ def bench_infer(args):
     results = {"pages": len(pages), "note": "randomly initialised weights; OCR on the fly with rapidocr"}
     configs = {
         "tiny": (REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml", {}),
-        "base": (REPO / "configs" / "Base-Cascade-LayoutLMv3.yaml", {"MODEL.VIT.PRETRAINED": "", "MODEL.ROI_HEADS.NUM_CLASSES": 10}),
+        "base": (
+            REPO / "configs" / "Base-Cascade-LayoutLMv3.yaml",
+            {"MODEL.VIT.PRETRAINED": "", "MODEL.ROI_HEADS.NUM_CLASSES": 10},
+        ),
     }
     with tempfile.TemporaryDirectory() as scratch:
         for name, (config_file, overrides) in configs.items():
@@ -493,28 +505,53 @@ def fmt(value, digits=3):
 
 
 def markdown(report):
-    lines = ["# ditod performance", "", "Produced by `python tools/bench.py` (`make bench`); medians of repeated runs.", ""]
+    lines = [
+        "# ditod performance",
+        "",
+        "Produced by `python tools/bench.py` (`make bench`); medians of repeated runs.",
+        "",
+    ]
     for device, entry in sorted(report.items()):
         env = entry["environment"]
         lines += [f"## {device}", "", "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), ""]
         sections = entry["sections"]
         if "paint" in sections:
             p = sections["paint"]
-            lines += [f"### Painting ({p['shape']}), forward + backward", "",
-                      f"Command: `python tools/bench.py --sections paint --device {device}`", "",
-                      "| stride | vectorized (s) | per-token loop (s) | speed-up |", "|---|---|---|---|"]
+            lines += [
+                f"### Painting ({p['shape']}), forward + backward",
+                "",
+                f"Command: `python tools/bench.py --sections paint --device {device}`",
+                "",
+                "| stride | vectorized (s) | per-token loop (s) | speed-up |",
+                "|---|---|---|---|",
+            ]
             for stride, r in list(p["strides"].items()) + [("all four", p["all_levels"])]:
                 bound = "" if r["loop_complete"] else "> "
-                lines.append(f"| {stride} | {fmt(r['vectorized_s'], 4)} | {bound}{fmt(r['loop_s'], 2)} | {bound}{r['speedup']:.0f}x |")
-            lines += ["", f"The loop gets {p['loop_budget_s']} s per stride; \"> \" marks a loop stopped at its budget.", ""]
+                lines.append(
+                    f"| {stride} | {fmt(r['vectorized_s'], 4)} | {bound}{fmt(r['loop_s'], 2)} | {bound}{r['speedup']:.0f}x |"
+                )
+            lines += [
+                "",
+                f'The loop gets {p["loop_budget_s"]} s per stride; "> " marks a loop stopped at its budget.',
+                "",
+            ]
         if "step" in sections:
             s = sections["step"]
-            lines += [f"### Training step ({s['shape']})", "",
-                      f"Command: `python tools/bench.py --sections step --device {device}`", "",
-                      "| configuration | step (s) | peak memory (MB) |", "|---|---|---|"]
+            lines += [
+                f"### Training step ({s['shape']})",
+                "",
+                f"Command: `python tools/bench.py --sections step --device {device}`",
+                "",
+                "| configuration | step (s) | peak memory (MB) |",
+                "|---|---|---|",
+            ]
             for name in [n for n in STEP_CONFIGS if n in s]:
                 lines.append(f"| {name} | {fmt(s[name]['step_s'], 2)} | {s[name]['peak_memory_mb']:.0f} |")
-            lines += ["", "Rounds of alternating processes (the time ratios text over image-only below: the median of the rounds' ratios):", ""]
+            lines += [
+                "",
+                "Rounds of alternating processes (the time ratios text over image-only below: the median of the rounds' ratios):",
+                "",
+            ]
             for name in [n for pair in TIMED_PAIRS for n in pair if n in s]:
                 lines.append(f"- {name}: " + ", ".join(f"{fmt(seconds, 2)} s" for seconds in s[name]["rounds_step_s"]))
             lines += ["", "| ratio | value |", "|---|---|"]
@@ -525,15 +562,26 @@ def markdown(report):
             lines += ["", f"Fusion modules alone (painting + gates, 4 levels, forward + backward): {fusion}.", ""]
         if "data" in sections:
             d = sections["data"]
-            lines += [f"### Data mapper ({d['pages']} PubLayNet pages, {d['augmentation']})", "",
-                      f"Command: `python tools/bench.py --sections data --device {device}`", "",
-                      f"| text (pages/s) | image-only (pages/s) | ratio |", "|---|---|---|",
-                      f"| {fmt(d['text']['pages_per_s'], 1)} | {fmt(d['image_only']['pages_per_s'], 1)} | {fmt(d['text_over_image_only_pages_per_s'])} |", ""]
+            lines += [
+                f"### Data mapper ({d['pages']} PubLayNet pages, {d['augmentation']})",
+                "",
+                f"Command: `python tools/bench.py --sections data --device {device}`",
+                "",
+                "| text (pages/s) | image-only (pages/s) | ratio |",
+                "|---|---|---|",
+                f"| {fmt(d['text']['pages_per_s'], 1)} | {fmt(d['image_only']['pages_per_s'], 1)} | {fmt(d['text_over_image_only_pages_per_s'])} |",
+                "",
+            ]
         if "ocr" in sections:
             o = sections["ocr"]
-            lines += [f"### OCR (tools/ocr.py, rapidocr, {o['pages']} PubLayNet pages)", "",
-                      f"Command: `python tools/bench.py --sections ocr --device {device}`", "",
-                      "| workers | pages/s | time per stage |", "|---|---|---|"]
+            lines += [
+                f"### OCR (tools/ocr.py, rapidocr, {o['pages']} PubLayNet pages)",
+                "",
+                f"Command: `python tools/bench.py --sections ocr --device {device}`",
+                "",
+                "| workers | pages/s | time per stage |",
+                "|---|---|---|",
+            ]
             for workers in (1, 2):
                 r = o[f"workers_{workers}"]
                 shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["stage_share"].items())
@@ -541,13 +589,19 @@ def markdown(report):
             lines.append("")
         if "infer" in sections:
             i = sections["infer"]
-            lines += [f"### Inference (tools/infer.py detector, {i['pages']} PubLayNet pages; {i['note']})", "",
-                      f"Command: `python tools/bench.py --sections infer --device {device}`", "",
-                      "| model | OCR (s/page) | model (s/page) | reading (s/page) | resize + tokens (s/page) |",
-                      "|---|---|---|---|---|"]
+            lines += [
+                f"### Inference (tools/infer.py detector, {i['pages']} PubLayNet pages; {i['note']})",
+                "",
+                f"Command: `python tools/bench.py --sections infer --device {device}`",
+                "",
+                "| model | OCR (s/page) | model (s/page) | reading (s/page) | resize + tokens (s/page) |",
+                "|---|---|---|---|---|",
+            ]
             for name in ("tiny", "base"):
                 r = i[name]
-                lines.append(f"| {name} | {fmt(r.get('ocr', 0.0))} | {fmt(r.get('model', 0.0))} | {fmt(r.get('load', 0.0))} | {fmt(r.get('preprocess', 0.0))} |")
+                lines.append(
+                    f"| {name} | {fmt(r.get('ocr', 0.0))} | {fmt(r.get('model', 0.0))} | {fmt(r.get('load', 0.0))} | {fmt(r.get('preprocess', 0.0))} |"
+                )
             lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -561,7 +615,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 repeats, 30 s loop budget")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(
-        "--samples", type=Path, default=DEFAULT_SAMPLES,
+        "--samples",
+        type=Path,
+        default=DEFAULT_SAMPLES,
         help=f"folder of page images with their COCO json samples.json, for the {'/'.join(SAMPLE_SECTIONS)} "
         f"sections (default: {DEFAULT_SAMPLES})",
     )

@@ -25,6 +25,7 @@ call with the same settings (pages, seeds, iterations, overrides); other setting
 them again. Results: bench/results/text_experiment.json and .md (overall COCO bbox AP,
 per-class AP, and the mean AP of the text-dependent classes).
 """
+
 import argparse
 import json
 import os
@@ -73,15 +74,37 @@ def prepare_data(out, args, env):
     tokenizer = out / "tokenizer"
     if not made_with(out, data_settings(args)):
         run(
-            [sys.executable, "tools/make_synthetic.py", "--out", synthetic, "--hard-text", "--seed", args.data_seed,
-             "--workers", 2, "--splits", f"train:{args.train_pages}", f"val:{args.val_pages}"],
-            env, out / "make_synthetic.log",
-        )  # fmt: skip
+            [
+                sys.executable,
+                "tools/make_synthetic.py",
+                "--out",
+                synthetic,
+                "--hard-text",
+                "--seed",
+                args.data_seed,
+                "--workers",
+                2,
+                "--splits",
+                f"train:{args.train_pages}",
+                f"val:{args.val_pages}",
+            ],
+            env,
+            out / "make_synthetic.log",
+        )
         run(
-            [sys.executable, "tools/train_tokenizer.py", "--ocr-dir", synthetic / "train" / "ocr", "--out", tokenizer,
-             "--vocab-size", 4000],
-            env, out / "train_tokenizer.log",
-        )  # fmt: skip
+            [
+                sys.executable,
+                "tools/train_tokenizer.py",
+                "--ocr-dir",
+                synthetic / "train" / "ocr",
+                "--out",
+                tokenizer,
+                "--vocab-size",
+                4000,
+            ],
+            env,
+            out / "train_tokenizer.log",
+        )
         record_settings(out, data_settings(args))
     return tokenizer
 
@@ -99,18 +122,38 @@ def train_and_evaluate(name, seed, out, tokenizer, args, env):
     # A fresh folder: detectron2 appends to an existing metrics.json.
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [
-        "MODEL.VIT.TOKENIZER", tokenizer, "OUTPUT_DIR", run_dir, "SEED", seed,
-        "SOLVER.MAX_ITER", args.iters, *RUNS[name],
-    ]  # fmt: skip
+        "MODEL.VIT.TOKENIZER",
+        tokenizer,
+        "OUTPUT_DIR",
+        run_dir,
+        "SEED",
+        seed,
+        "SOLVER.MAX_ITER",
+        args.iters,
+        *RUNS[name],
+    ]
     start = time.perf_counter()
-    run([sys.executable, "tools/train_net.py", "--config-file", CONFIG, *overrides], env, out / f"{name}_seed{seed}.train.log")
+    run(
+        [sys.executable, "tools/train_net.py", "--config-file", CONFIG, *overrides],
+        env,
+        out / f"{name}_seed{seed}.train.log",
+    )
     seconds = time.perf_counter() - start
     seconds_file.write_text(f"{seconds:.1f}")
     run(
-        [sys.executable, "tools/train_net.py", "--config-file", CONFIG, "--eval-only", *overrides,
-         "MODEL.WEIGHTS", run_dir / "model_final.pth"],
-        env, out / f"{name}_seed{seed}.eval.log",
-    )  # fmt: skip
+        [
+            sys.executable,
+            "tools/train_net.py",
+            "--config-file",
+            CONFIG,
+            "--eval-only",
+            *overrides,
+            "MODEL.WEIGHTS",
+            run_dir / "model_final.pth",
+        ],
+        env,
+        out / f"{name}_seed{seed}.eval.log",
+    )
     record_settings(run_dir, settings)
     return json.loads(metrics_file.read_text()), seconds
 
@@ -204,8 +247,11 @@ def main():
             per_seed.append(summarize(metrics))
             if seconds is not None:
                 minutes.append(seconds / 60)
-            print(f"[bench-text] {name} seed {seed}: AP {fmt(per_seed[-1]['AP'])}, "
-                  f"text-dependent AP {fmt(per_seed[-1]['text_dependent_AP'])}", flush=True)  # fmt: skip
+            print(
+                f"[bench-text] {name} seed {seed}: AP {fmt(per_seed[-1]['AP'])}, "
+                f"text-dependent AP {fmt(per_seed[-1]['text_dependent_AP'])}",
+                flush=True,
+            )
         means = {key: mean(s[key] for s in per_seed) for key in ("AP", "AP50", "AP75", "text_dependent_AP")}
         means["per_class_AP"] = {c: mean(s["per_class_AP"][c] for s in per_seed) for c in per_seed[0]["per_class_AP"]}
         report["runs"][name] = {"mean": means, "per_seed": per_seed, "train_minutes": mean(minutes)}

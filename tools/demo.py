@@ -13,6 +13,7 @@ The demo (`make demo`): from nothing to a trained multimodal layout detector on 
 and prints where the model, the metrics and the drawn pages are. Every step is one of
 the project's commands, run as a user would run it.
 """
+
 import argparse
 import json
 import os
@@ -58,16 +59,35 @@ def main():
 
     seconds["pages"] = run(
         "1/5 synthetic pages",
-        [python, "tools/make_synthetic.py", "--out", synthetic, "--seed", args.seed, "--workers", 2,
-         "--splits", f"train:{args.train_pages}", f"val:{args.val_pages}"],
+        [
+            python,
+            "tools/make_synthetic.py",
+            "--out",
+            synthetic,
+            "--seed",
+            args.seed,
+            "--workers",
+            2,
+            "--splits",
+            f"train:{args.train_pages}",
+            f"val:{args.val_pages}",
+        ],
         env,
-    )  # fmt: skip
+    )
     seconds["tokenizer"] = run(
         "2/5 tokenizer",
-        [python, "tools/train_tokenizer.py", "--ocr-dir", synthetic / "train" / "ocr", "--out", tokenizer,
-         "--vocab-size", 4000],
+        [
+            python,
+            "tools/train_tokenizer.py",
+            "--ocr-dir",
+            synthetic / "train" / "ocr",
+            "--out",
+            tokenizer,
+            "--vocab-size",
+            4000,
+        ],
         env,
-    )  # fmt: skip
+    )
     seconds["training"] = run(
         "3/5 training (tiny LayoutLMv3 with text fusion, CPU)",
         [python, "tools/train_net.py", "--config-file", CONFIG, *overrides],
@@ -82,18 +102,36 @@ def main():
     val_pages = sorted((synthetic / "val" / "images").glob("*.png"))[:4]
     seconds["inference"] = run(
         "5/5 drawn predictions",
-        [python, "tools/infer.py", "--config-file", CONFIG, "--weights", weights, "--input", *val_pages,
-         "--ocr-dir", synthetic / "val" / "ocr", "--output", predictions, "--score-thresh", 0.5,
-         "--opts", "MODEL.VIT.TOKENIZER", tokenizer],
+        [
+            python,
+            "tools/infer.py",
+            "--config-file",
+            CONFIG,
+            "--weights",
+            weights,
+            "--input",
+            *val_pages,
+            "--ocr-dir",
+            synthetic / "val" / "ocr",
+            "--output",
+            predictions,
+            "--score-thresh",
+            0.5,
+            "--opts",
+            "MODEL.VIT.TOKENIZER",
+            tokenizer,
+        ],
         env,
-    )  # fmt: skip
+    )
 
     metrics_file = model_dir / "inference" / "synthetic_val" / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     total = time.perf_counter() - start
     print("\n=== demo summary")
-    print(f"bbox mAP on {args.val_pages} synthetic validation pages: AP {metrics['AP']:.1f}, "
-          f"AP50 {metrics['AP50']:.1f}, AP75 {metrics['AP75']:.1f}")  # fmt: skip
+    print(
+        f"bbox mAP on {args.val_pages} synthetic validation pages: AP {metrics['AP']:.1f}, "
+        f"AP50 {metrics['AP50']:.1f}, AP75 {metrics['AP75']:.1f}"
+    )
     for name, ap in metrics["per_class_AP"].items():
         print(f"    {name:<15} {'-' if ap is None else f'{ap:.1f}'}")
     print(f"model:             {weights}")

@@ -28,6 +28,7 @@ and results.json: every page (COCO "images"), the classes ("categories") and eve
 detection ("annotations" with "score", bbox [x, y, w, h]) in COCO format.
 A page that fails is reported at the end (exit status 1); the others are done.
 """
+
 import argparse
 import json
 import logging
@@ -37,7 +38,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pymupdf
 import torch
@@ -68,8 +68,8 @@ class Page:
 
     name: str  # output name without suffix, relative to --output
     source: Path
-    index: Optional[int] = None
-    ocr_file: Optional[Path] = None  # --ocr-dir json of an image
+    index: int | None = None
+    ocr_file: Path | None = None  # --ocr-dir json of an image
 
 
 def collect_pages(inputs, ocr_dir):
@@ -110,9 +110,13 @@ def collect_pages(inputs, ocr_dir):
 def dataset_classes(dataset):
     """The class names of a registered dataset, reading its COCO json if need be."""
     metadata = MetadataCatalog.get(dataset) if dataset else None
-    if metadata is not None and metadata.get("thing_classes") is None and dataset in DatasetCatalog:
-        if os.path.isfile(metadata.get("json_file", "")):
-            DatasetCatalog.get(dataset)  # loading a COCO json sets its class names
+    if (
+        metadata is not None
+        and metadata.get("thing_classes") is None
+        and dataset in DatasetCatalog
+        and os.path.isfile(metadata.get("json_file", ""))
+    ):
+        DatasetCatalog.get(dataset)  # loading a COCO json sets its class names
     classes = metadata.get("thing_classes") if metadata is not None else None
     if classes is None:
         raise SystemExit(
@@ -188,7 +192,9 @@ class Detector:
                 if page.ocr_file.is_file():
                     record["ocr_file"], source = str(page.ocr_file), "ocr json"
                 else:
-                    logger.warning(f"{page.name}: no OCR json {page.ocr_file}; OCR on the fly with {self.ocr_engine_name}")
+                    logger.warning(
+                        f"{page.name}: no OCR json {page.ocr_file}; OCR on the fly with {self.ocr_engine_name}"
+                    )
         else:
             with pymupdf.open(page.source) as document:
                 image = self._timed("load", render_pdf_page, document[page.index], self.dpi)
@@ -304,8 +310,17 @@ def main(argv=None):
         for d in found:
             x0, y0, x1, y1 = d["bbox"]
             box = [x0, y0, round(x1 - x0, 2), round(y1 - y0, 2)]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": d["category_id"],
-                                "bbox": box, "area": box[2] * box[3], "score": d["score"], "iscrowd": 0})  # fmt: skip
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": d["category_id"],
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "score": d["score"],
+                    "iscrowd": 0,
+                }
+            )
     seconds = time.perf_counter() - start
 
     output.mkdir(parents=True, exist_ok=True)

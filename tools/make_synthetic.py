@@ -11,6 +11,7 @@ A split written before (by this tool) is removed first, so a rerun with fewer pa
 leaves no stale pages behind. When <out>/<split>.json or <out>/<split>/ holds anything
 this tool does not write, nothing is removed and the tool stops with an error.
 """
+
 import argparse
 import json
 import logging
@@ -46,18 +47,31 @@ def parse_args(argv):
     parser.add_argument("--out", required=True, help="dataset folder")
     parser.add_argument("--split", default="train", type=split_name, help="split name (with --num-pages)")
     parser.add_argument("--num-pages", type=int, help="pages in --split")
-    parser.add_argument("--splits", nargs="+", type=split_count, metavar="NAME:PAGES",
-                        help="several splits at once, e.g. train:200 val:50 (instead of --split/--num-pages)")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        type=split_count,
+        metavar="NAME:PAGES",
+        help="several splits at once, e.g. train:200 val:50 (instead of --split/--num-pages)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="same seed, same pages (byte for byte)")
-    parser.add_argument("--lang", choices=("en", "zh", "mixed"), default="en",
-                        help="mixed: each page is English or Chinese at random")
-    parser.add_argument("--hard-text", action="store_true",
-                        help="Text, captions and references look alike: only their words tell them apart")
+    parser.add_argument(
+        "--lang", choices=("en", "zh", "mixed"), default="en", help="mixed: each page is English or Chinese at random"
+    )
+    parser.add_argument(
+        "--hard-text",
+        action="store_true",
+        help="Text, captions and references look alike: only their words tell them apart",
+    )
     parser.add_argument("--height", type=int, default=1000, help="page height in pixels (A4 aspect)")
     parser.add_argument("--ocr-drop", type=float, default=0.0, help="probability that an OCR line is missing")
     parser.add_argument("--ocr-swap", type=float, default=0.0, help="probability that a character is misread")
-    parser.add_argument("--ocr-jitter", type=float, default=0.0,
-                        help="OCR box edge noise, standard deviation as a fraction of the line height")
+    parser.add_argument(
+        "--ocr-jitter",
+        type=float,
+        default=0.0,
+        help="OCR box edge noise, standard deviation as a fraction of the line height",
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes rendering pages")
     args = parser.parse_args(argv)
     if args.splits is None:
@@ -67,8 +81,14 @@ def parse_args(argv):
     if args.lang == "zh" and find_cjk_font() is None:
         parser.error("--lang zh needs a CJK font and none was found: apt-get install fonts-wqy-microhei")
     try:
-        args.options = SyntheticOptions(height=args.height, lang=args.lang, hard_text=args.hard_text,
-                                        ocr_drop=args.ocr_drop, ocr_swap=args.ocr_swap, ocr_jitter=args.ocr_jitter)
+        args.options = SyntheticOptions(
+            height=args.height,
+            lang=args.lang,
+            hard_text=args.hard_text,
+            ocr_drop=args.ocr_drop,
+            ocr_swap=args.ocr_swap,
+            ocr_jitter=args.ocr_jitter,
+        )
     except ValueError as e:
         parser.error(str(e))
     return args
@@ -159,8 +179,10 @@ def print_summary(summaries):
     for name in CATEGORIES:
         print(f"{name:<{width}}" + "".join(f"{s.annotations_per_class[name]:>10}" for s in summaries))
     for s in summaries:
-        print(f"{s.split}: {s.num_pages} pages, {sum(s.annotations_per_class.values())} blocks in "
-              f"{s.seconds:.1f} s ({s.pages_per_second:.1f} pages/s) -> {s.json_path}, {s.image_root}")
+        print(
+            f"{s.split}: {s.num_pages} pages, {sum(s.annotations_per_class.values())} blocks in "
+            f"{s.seconds:.1f} s ({s.pages_per_second:.1f} pages/s) -> {s.json_path}, {s.image_root}"
+        )
 
 
 def main(argv=None):
@@ -171,8 +193,9 @@ def main(argv=None):
     except ForeignFilesError as e:
         raise SystemExit(f"make_synthetic.py: error: {e}; move it away or choose another --out") from None
     summaries = [
-        generate_split(args.out, split, num_pages, seed=args.seed, options=args.options,
-                       workers=args.workers, progress=True)
+        generate_split(
+            args.out, split, num_pages, seed=args.seed, options=args.options, workers=args.workers, progress=True
+        )
         for split, num_pages in args.splits
     ]
     print_summary(summaries)

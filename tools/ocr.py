@@ -14,6 +14,7 @@ Pages whose json exists are skipped, so an interrupted run resumes where it stop
 that is the same on every machine. A page that fails is reported at the end and
 the exit status is 1; the other pages are done all the same.
 """
+
 import argparse
 import hashlib
 import logging
@@ -22,16 +23,17 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 from tqdm import tqdm
 
 from detectron2.data.detection_utils import read_image
+
 from ditod.data.ocr import OCR_ENGINES, atomic_write, build_ocr_engine, read_pdf_page, save_ocr
 
 logger = logging.getLogger("ditod.tools.ocr")
@@ -46,8 +48,8 @@ class Job:
     key: str  # path relative to the input root or output folder: names the page in reports and shards
     source: Path
     out_json: Path
-    page: Optional[int] = None
-    out_image: Optional[Path] = None  # where a rendered PDF page goes
+    page: int | None = None
+    out_image: Path | None = None  # where a rendered PDF page goes
 
     def done(self) -> bool:
         return self.out_json.exists() and (self.out_image is None or self.out_image.exists())
@@ -56,10 +58,10 @@ class Job:
 @dataclass
 class PageResult:
     key: str
-    error: Optional[str] = None
+    error: str | None = None
     lines: int = 0
     source: str = ""
-    stage_seconds: Dict[str, float] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,8 +71,8 @@ class RunSummary:
     without_text: int = 0
     seconds: float = 0.0
     sources: Counter = field(default_factory=Counter)
-    stage_seconds: Dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    failures: List[Tuple[str, str]] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
     def report(self) -> str:
         rate = self.pages / self.seconds if self.seconds > 0 else 0.0
@@ -97,7 +99,7 @@ class RunSummary:
 # -------------------------------------------------------------------- planning
 
 
-def in_shard(key: str, shard: Tuple[int, int]) -> bool:
+def in_shard(key: str, shard: tuple[int, int]) -> bool:
     """Whether `key` belongs to shard K of N: a hash that is the same in every process and machine."""
     k, n = shard
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
@@ -108,13 +110,11 @@ def _check_unique_outputs(jobs: Sequence[Job]):
     seen = {}
     for job in jobs:
         if job.out_json in seen:
-            raise SystemExit(
-                f"error: {seen[job.out_json]} and {job.key} would both write {job.out_json}; rename one"
-            )
+            raise SystemExit(f"error: {seen[job.out_json]} and {job.key} would both write {job.out_json}; rename one")
         seen[job.out_json] = job.key
 
 
-def image_jobs(images: Path, out: Path) -> List[Job]:
+def image_jobs(images: Path, out: Path) -> list[Job]:
     """Every image under `images` (recursively, sorted), with its json under `out`."""
     images, out = Path(images), Path(out)
     if not images.is_dir():
@@ -130,7 +130,7 @@ def image_jobs(images: Path, out: Path) -> List[Job]:
     return jobs
 
 
-def pdf_jobs(pdfs: Sequence[Path], out: Path) -> Tuple[List[Job], List[Tuple[str, str]]]:
+def pdf_jobs(pdfs: Sequence[Path], out: Path) -> tuple[list[Job], list[tuple[str, str]]]:
     """Every page of the PDFs, and the PDFs that cannot be opened (with the reason)."""
     import pymupdf
 
@@ -178,7 +178,7 @@ def _open_pdf(path: Path):
     return _worker["pdf"]
 
 
-def _run_engine(image, stages: Dict[str, float]):
+def _run_engine(image, stages: dict[str, float]):
     engine = _engine()
     before = dict(engine.stage_seconds)
     ocr = engine(image)
@@ -186,7 +186,7 @@ def _run_engine(image, stages: Dict[str, float]):
     return ocr
 
 
-def _ocr_image(job: Job, stages: Dict[str, float]):
+def _ocr_image(job: Job, stages: dict[str, float]):
     start = time.perf_counter()
     try:
         image = read_image(str(job.source), format="RGB")
@@ -196,7 +196,7 @@ def _ocr_image(job: Job, stages: Dict[str, float]):
     return _run_engine(image, stages), "ocr"
 
 
-def _ocr_pdf_page(job: Job, stages: Dict[str, float]):
+def _ocr_pdf_page(job: Job, stages: dict[str, float]):
     start = time.perf_counter()
     page = read_pdf_page(_open_pdf(job.source)[job.page], _worker["dpi"])
     stages["render + text layer"] = time.perf_counter() - start
@@ -302,7 +302,7 @@ def run_ocr(
 # ------------------------------------------------------------------------- CLI
 
 
-def parse_shard(text: str) -> Tuple[int, int]:
+def parse_shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
@@ -313,17 +313,15 @@ def parse_shard(text: str) -> Tuple[int, int]:
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--images", type=Path, help="folder of page images, searched recursively")
-    inputs.add_argument(
-        "--pdf", type=Path, nargs="+", help="PDF files: pages rendered to PNG plus text-layer OCR"
-    )
+    inputs.add_argument("--pdf", type=Path, nargs="+", help="PDF files: pages rendered to PNG plus text-layer OCR")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
-        "--engine", default="rapidocr", choices=sorted(OCR_ENGINES),
+        "--engine",
+        default="rapidocr",
+        choices=sorted(OCR_ENGINES),
         help="OCR engine (for --pdf: used only on pages without a text layer)",
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
@@ -353,9 +351,7 @@ def main(argv=None) -> int:
         f"engine {args.engine}, {args.workers} workers -> {args.out}"
     )
 
-    summary = run_ocr(
-        jobs, engine=args.engine, workers=args.workers, dpi=args.dpi, overwrite=args.overwrite
-    )
+    summary = run_ocr(jobs, engine=args.engine, workers=args.workers, dpi=args.dpi, overwrite=args.overwrite)
     summary.failures = sorted(failures + summary.failures)
     print(summary.report())
     return 1 if summary.failures else 0

@@ -15,6 +15,7 @@ DATASETS.TEST, OUTPUT_DIR/inference/<dataset>/coco_instances_results.json and
 metrics.json (COCO bbox AP, AP50, AP75, APs/m/l, per-class AP). `--num-gpus N` without
 GPUs runs N processes on the CPU (GLOO).
 """
+
 import argparse
 import logging
 import os

@@ -13,6 +13,7 @@ exit status is 1 when no line at all could be read. --vocab-size is at least 261
 bpe (its 256 byte symbols and 5 special tokens); for sentencepiece it must hold every
 distinct character of the text, which is checked once the text is read.
 """
+
 import argparse
 import logging
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from detectron2.utils.logger import setup_logger
+
 from ditod.data.ocr import OCRFormatError, load_ocr
 from ditod.data.tokens import train_tokenizer
 

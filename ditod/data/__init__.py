@@ -2,6 +2,7 @@
 
 Importing it registers the built-in datasets (see `datasets.register_all_builtin`).
 """
+
 from .datasets import load_vl_coco_json, register_all_builtin, register_from_config, register_vl_coco
 from .mapper import UnreadableImageError, VLDatasetMapper, build_vl_augmentation, transform_ocr_boxes
 from .ocr import OCRFormatError, PageOCR, load_ocr, save_ocr

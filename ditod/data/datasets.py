@@ -4,6 +4,7 @@ Importing this module registers the built-in datasets under $DETECTRON2_DATASETS
 (default ./datasets); registration only records how to load them, nothing is read
 until a dataset is used. See datasets/README.md for the expected layout.
 """
+
 import logging
 import math
 import os
@@ -11,19 +12,43 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-__all__ = ["check_ocr_files", "load_vl_coco_json", "readable_bbox", "register_vl_coco", "register_from_config", "register_all_builtin"]
+__all__ = [
+    "check_ocr_files",
+    "load_vl_coco_json",
+    "readable_bbox",
+    "register_vl_coco",
+    "register_from_config",
+    "register_all_builtin",
+]
 
 logger = logging.getLogger(__name__)
 
 PUBLAYNET_CLASSES = ["text", "title", "list", "table", "figure"]
 CDLA_CLASSES = [
-    "Text", "Title", "Figure", "Figure caption", "Table",
-    "Table caption", "Header", "Footer", "Reference", "Equation",
-]  # fmt: skip
+    "Text",
+    "Title",
+    "Figure",
+    "Figure caption",
+    "Table",
+    "Table caption",
+    "Header",
+    "Footer",
+    "Reference",
+    "Equation",
+]
 DOCLAYNET_CLASSES = [
-    "Caption", "Footnote", "Formula", "List-item", "Page-footer", "Page-header",
-    "Picture", "Section-header", "Table", "Text", "Title",
-]  # fmt: skip
+    "Caption",
+    "Footnote",
+    "Formula",
+    "List-item",
+    "Page-footer",
+    "Page-header",
+    "Picture",
+    "Section-header",
+    "Table",
+    "Text",
+    "Title",
+]
 
 # name: (json file, image root, OCR root, class names in category-id order), relative
 # to the datasets root. The class names are known before the json is read (for
@@ -133,7 +158,7 @@ def register_from_config(cfg):
         if not valid or not all(isinstance(v, str) for v in entry):
             raise ValueError(
                 f"DATASETS.REGISTER[{index}] must be [name, json_file, image_root, ocr_root] "
-                f"(strings; ocr_root may be \"\" or left out), got {entry!r}"
+                f'(strings; ocr_root may be "" or left out), got {entry!r}'
             )
         register_vl_coco(*entry)
 

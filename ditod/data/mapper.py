@@ -1,4 +1,5 @@
 """The dataset mapper of the multimodal model: page image, annotations and OCR tokens."""
+
 import copy
 import logging
 

@@ -15,6 +15,7 @@ PP-OCR models run offline on onnxruntime) and ``paddleocr`` (for users who have
 PaddleOCR and its models). A born-digital PDF needs no OCR:
 :func:`read_pdf_page` renders a page and reads its text layer with PyMuPDF.
 """
+
 import abc
 import contextlib
 import json
@@ -26,7 +27,6 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -67,9 +67,9 @@ class PageOCR:
 
     width: int
     height: int
-    words: List[str]
+    words: list[str]
     boxes: np.ndarray
-    scores: Optional[np.ndarray] = None
+    scores: np.ndarray | None = None
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4)
@@ -168,7 +168,7 @@ def _scores(raw, n, path):
     return np.asarray(raw, dtype=np.float64)
 
 
-def load_ocr(path, image_size: Optional[Tuple[int, int]] = None) -> PageOCR:
+def load_ocr(path, image_size: tuple[int, int] | None = None) -> PageOCR:
     """Read and validate an OCR json.
 
     Args:
@@ -276,7 +276,7 @@ class OCREngine(abc.ABC):
     """
 
     def __init__(self):
-        self.stage_seconds: Dict[str, float] = defaultdict(float)
+        self.stage_seconds: dict[str, float] = defaultdict(float)
 
     @abc.abstractmethod
     def recognize(self, image_bgr: np.ndarray) -> PageOCR:
@@ -297,7 +297,7 @@ class RapidOCREngine(OCREngine):
         params: extra RapidOCR settings ("Section.key": value, e.g. {"Rec.lang_type": "en"}).
     """
 
-    def __init__(self, threads: Optional[int] = None, params: Optional[dict] = None):
+    def __init__(self, threads: int | None = None, params: dict | None = None):
         super().__init__()
         from rapidocr import RapidOCR
 
@@ -340,7 +340,7 @@ class PaddleOCREngine(OCREngine):
         threads: CPU threads (PaddleOCR's ``cpu_threads``); None keeps PaddleOCR's default.
     """
 
-    def __init__(self, threads: Optional[int] = None, **kwargs):
+    def __init__(self, threads: int | None = None, **kwargs):
         super().__init__()
         try:
             import paddleocr
@@ -376,7 +376,7 @@ def parse_paddleocr_result(page_result, width: int, height: int) -> PageOCR:
     if page_result is None or (isinstance(page_result, list) and not page_result):
         return PageOCR.empty(width, height)
     if hasattr(page_result, "keys"):
-        result = page_result["res"] if "res" in page_result else page_result
+        result = page_result.get("res", page_result)
         if "rec_texts" not in result:
             raise ValueError(f"PaddleOCR result without 'rec_texts' (keys: {sorted(result.keys())})")
         words = [str(t) for t in result["rec_texts"]]
@@ -454,7 +454,7 @@ def render_pdf_page(page, dpi: float = 144) -> np.ndarray:
     return np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.width, 3).copy()
 
 
-def read_pdf_page(page, dpi: float = 144, fallback: Optional[OCREngine] = None) -> PdfPage:
+def read_pdf_page(page, dpi: float = 144, fallback: OCREngine | None = None) -> PdfPage:
     """Render a PDF page and read its text layer; a page without one is OCRed by `fallback`.
 
     Without a `fallback` engine such a page gets an empty OCR (source "none").

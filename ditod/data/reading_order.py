@@ -1,4 +1,5 @@
 """A column-aware reading order for the OCR lines of a page (recursive XY-cut)."""
+
 import numpy as np
 
 __all__ = ["reading_order"]

@@ -6,6 +6,7 @@ LayoutLMv3's processor tokenizes pre-split words (a word-start prefix on every
 word), and every token carries its line's box. The tokenizer is loaded once per
 process; words already seen are not tokenized again.
 """
+
 import functools
 import json
 import logging
@@ -36,7 +37,7 @@ WORD_START = "\u2581"
 MODEL_MAX_LENGTH = 512
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_tokenizer(name):
     """Load a tokenizer (hub id or directory) once per process."""
     logger.info(f"Loading tokenizer {name}")

@@ -1,4 +1,5 @@
 """Training, evaluation and checkpoint loading."""
+
 from .checkpoint import VLDetectionCheckpointer, convert_original_layout
 from .cpu_memory import configure_cpu_memory, keep_freed_cpu_memory
 from .evaluation import VLCOCOEvaluator

@@ -1,5 +1,6 @@
 """Loading detection checkpoints: this project's own, and those of the original
 LayoutLMv3 detection code; saving them with the class names of the training data."""
+
 import logging
 
 import torch

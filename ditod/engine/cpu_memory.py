@@ -1,4 +1,5 @@
 """Let CPU runs reuse freed memory instead of page-faulting every large tensor."""
+
 import ctypes
 import logging
 

@@ -9,6 +9,7 @@ COCO bbox evaluation on what the loader reads.
   `VLCOCOEvaluator` leaves them out of the evaluation, so that one corrupt page neither
   stops an evaluation nor counts its objects as missed.
 """
+
 import contextlib
 import io
 import itertools

@@ -26,6 +26,7 @@ on the ground truth the loader reads (`VLCOCOEvaluator`). A page whose image can
 read does not stop it: the page is left out, with a warning that names it (see
 `ditod.engine.evaluation`).
 """
+
 import contextlib
 import itertools
 import json

@@ -1,6 +1,7 @@
 """LayoutLMv3 as a detectron2 backbone: page patches and OCR tokens through one
 transformer, four layers tapped into a stride-4/8/16/32 pyramid, text painted
 back onto the pyramid and mixed in, then detectron2's FPN."""
+
 import functools
 import logging
 import os
@@ -83,14 +84,16 @@ def build_layoutlmv3_config(cfg, tokenizer=None):
     else:
         if vit.NAME == "layoutlmv3_custom":
             hidden, layers, heads, intermediate = (
-                vit.HIDDEN_SIZE, vit.NUM_LAYERS, vit.NUM_HEADS, vit.INTERMEDIATE_SIZE
+                vit.HIDDEN_SIZE,
+                vit.NUM_LAYERS,
+                vit.NUM_HEADS,
+                vit.INTERMEDIATE_SIZE,
             )
         elif vit.NAME in SIZE_PRESETS:
             hidden, layers, heads, intermediate = SIZE_PRESETS[vit.NAME]
         else:
             raise ValueError(
-                f"MODEL.VIT.NAME must be one of {sorted(SIZE_PRESETS) + ['layoutlmv3_custom']}, "
-                f"got {vit.NAME!r}"
+                f"MODEL.VIT.NAME must be one of {sorted(SIZE_PRESETS) + ['layoutlmv3_custom']}, got {vit.NAME!r}"
             )
         if hidden % 2 or hidden < 6 or hidden % heads:
             raise ValueError(
@@ -134,8 +137,7 @@ def _check_tokenizer(config, tokenizer, source):
         )
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != config.pad_token_id:
         raise ValueError(
-            f"The tokenizer pads with id {tokenizer.pad_token_id} but the model {source} "
-            f"expects {config.pad_token_id}."
+            f"The tokenizer pads with id {tokenizer.pad_token_id} but the model {source} expects {config.pad_token_id}."
         )
 
 

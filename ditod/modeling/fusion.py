@@ -13,6 +13,7 @@ The gated mix, painting included, has its backward written out (`_PaintedGatedMi
 the same reason; on CPU its convolutions add into buffers it already has, and the maps
 its backward is done with serve the next step (`ReusableMaps`).
 """
+
 import functools
 import logging
 import math
@@ -459,9 +460,7 @@ def build_text_fusion(cfg, channels, strides):
     levels = [] if (cfg.MODEL.IMAGE_ONLY or mode == "none") else list(cfg.MODEL.TEXT_FUSION.LEVELS)
     unknown = [name for name in levels if name not in strides]
     if unknown:
-        raise ValueError(
-            f"MODEL.TEXT_FUSION.LEVELS {unknown} are not among MODEL.VIT.OUT_FEATURES {list(strides)}"
-        )
+        raise ValueError(f"MODEL.TEXT_FUSION.LEVELS {unknown} are not among MODEL.VIT.OUT_FEATURES {list(strides)}")
     return nn.ModuleDict(
         {
             name: TextFusion(

@@ -1,4 +1,5 @@
 """GeneralizedRCNN whose backbone also reads each page's OCR tokens."""
+
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
@@ -42,7 +43,9 @@ class VLGeneralizedRCNN(GeneralizedRCNN):
         bottom_up = self.backbone.bottom_up
         if not bottom_up.uses_text or not any("input_ids" in x for x in batched_inputs):
             return inputs
-        ids = [self._move_to_current_device(x.get("input_ids", torch.empty(0, dtype=torch.long))) for x in batched_inputs]
+        ids = [
+            self._move_to_current_device(x.get("input_ids", torch.empty(0, dtype=torch.long))) for x in batched_inputs
+        ]
         boxes = [self._move_to_current_device(x.get("token_boxes", torch.empty(0, 4))).float() for x in batched_inputs]
         for x, page_ids, page_boxes in zip(batched_inputs, ids, boxes):
             if page_ids.shape[0] != page_boxes.shape[0]:

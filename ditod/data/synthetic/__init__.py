@@ -18,6 +18,7 @@ chinese (the words), canvas, text, equations, tables, figures (the blocks), styl
 spacing of a page), columns (block placement), content (what a page holds), noise (OCR noise),
 page (render_page), split (generate_split).
 """
+
 from .fonts import find_cjk_font
 from .options import CATEGORIES, SyntheticOptions
 from .page import SyntheticPage, render_page

@@ -1,4 +1,5 @@
 """The page being drawn, with the annotated blocks and the OCR lines drawn on it so far."""
+
 import math
 
 from PIL import Image, ImageDraw

@@ -1,4 +1,5 @@
 """Chinese text of a page: sentences from common words; references are partly in Latin script."""
+
 from .english import latin_reference
 from .writer import DATASETS, Writer, words
 
@@ -83,8 +84,10 @@ class ChineseWriter(Writer):
         authors = "，".join(self._person() for _ in range(rng.randint(1, 3)))
         title = f"基于{rng.choice(ADJECTIVES)}{rng.choice(NOUNS)}的{rng.choice(NOUNS)}{rng.choice(VERBS)}研究"
         first_page = rng.randint(1, 900)
-        return (f"[{number}] {authors}. {title}[J]. {rng.choice(JOURNALS)}, {rng.randint(1995, 2023)}, "
-                f"{rng.randint(1, 45)}({rng.randint(1, 12)}): {first_page}-{first_page + rng.randint(5, 20)}.")
+        return (
+            f"[{number}] {authors}. {title}[J]. {rng.choice(JOURNALS)}, {rng.randint(1995, 2023)}, "
+            f"{rng.randint(1, 45)}({rng.randint(1, 12)}): {first_page}-{first_page + rng.randint(5, 20)}."
+        )
 
     def header_items(self, page_number):
         rng = self.rng
@@ -94,8 +97,10 @@ class ChineseWriter(Writer):
 
     def footer_items(self, page_number):
         rng = self.rng
-        left = rng.choice((
-            f"收稿日期：{rng.randint(2000, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-            f"© {rng.randint(2000, 2024)} 中国学术期刊电子出版社",
-        ))
+        left = rng.choice(
+            (
+                f"收稿日期：{rng.randint(2000, 2024)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                f"© {rng.randint(2000, 2024)} 中国学术期刊电子出版社",
+            )
+        )
         return left, rng.choice((str(page_number), f"第 {page_number} 页"))

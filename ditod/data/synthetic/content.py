@@ -4,6 +4,7 @@ their captions, equations and references.
 In hard-text mode, paragraphs are often as short as captions and references, and a third of the
 captions stand among the paragraphs rather than next to their figure or table.
 """
+
 from .equations import build_equation
 from .figures import build_figure
 from .tables import build_table
@@ -42,8 +43,9 @@ def _with_caption(rng, item, caption, hard_text, pending, caption_first):
 
 def _figure_group(rng, writer, style, width, numbers, hard_text, pending):
     figure = build_figure(rng, writer, width, style.label, style.block_gap)
-    caption = TextBlock.of("Figure caption", writer.figure_caption(numbers.next("figure"), rng.randint(6, 30)),
-                           style.caption, width)
+    caption = TextBlock.of(
+        "Figure caption", writer.figure_caption(numbers.next("figure"), rng.randint(6, 30)), style.caption, width
+    )
     return _with_caption(rng, figure, caption, hard_text, pending, caption_first=0.15)
 
 
@@ -51,8 +53,9 @@ def _table_group(rng, writer, style, width, numbers, hard_text, pending):
     table = build_table(rng, writer, style.table, style.table_header, width, style.block_gap)
     if table is None:
         return None
-    caption = TextBlock.of("Table caption", writer.table_caption(numbers.next("table"), rng.randint(6, 30)),
-                           style.caption, width)
+    caption = TextBlock.of(
+        "Table caption", writer.table_caption(numbers.next("table"), rng.randint(6, 30)), style.caption, width
+    )
     return _with_caption(rng, table, caption, hard_text, pending, caption_first=0.8)
 
 

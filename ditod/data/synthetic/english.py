@@ -1,4 +1,5 @@
 """English text of a page, and the Latin-script references that Chinese papers cite too."""
+
 from .writer import DATASETS, Writer, words
 
 NOUNS = words(
@@ -32,23 +33,47 @@ TEMPLATES = (
     "The {noun} is trained for {int} epochs with a {adj} {noun} of {float}.",
 )
 SECTIONS = (
-    "Introduction", "Related Work", "Method", "Approach", "Experiments", "Results", "Discussion",
-    "Conclusion", "Implementation Details", "Ablation Study", "Datasets", "Evaluation Metrics",
-    "Limitations", "Preliminaries",
+    "Introduction",
+    "Related Work",
+    "Method",
+    "Approach",
+    "Experiments",
+    "Results",
+    "Discussion",
+    "Conclusion",
+    "Implementation Details",
+    "Ablation Study",
+    "Datasets",
+    "Evaluation Metrics",
+    "Limitations",
+    "Preliminaries",
 )
 CAPTION_OPENERS = (
-    "Comparison of", "Examples of", "Overview of", "Results of", "Ablation study on",
-    "Visualization of", "Statistics of", "Performance of", "Qualitative results of",
+    "Comparison of",
+    "Examples of",
+    "Overview of",
+    "Results of",
+    "Ablation study on",
+    "Visualization of",
+    "Statistics of",
+    "Performance of",
+    "Qualitative results of",
 )
 SURNAMES = words(
     "Smith Wang Li Zhang Chen Kumar Garcia Müller Huang Tanaka Kim Nguyen Rossi Silva Brown "
     "Johnson Liu Zhou Xu Yang Schmidt Dubois Ivanov Sato Park Lopez Martin Lee Clark Lewis"
 )
 JOURNALS = (
-    "Pattern Recognition", "IEEE Transactions on Pattern Analysis and Machine Intelligence",
-    "International Journal on Document Analysis and Recognition", "In Proceedings of CVPR",
-    "In Proceedings of ICDAR", "In Proceedings of ACL", "Neural Computation",
-    "Advances in Neural Information Processing Systems", "arXiv preprint", "Computer Vision and Image Understanding",
+    "Pattern Recognition",
+    "IEEE Transactions on Pattern Analysis and Machine Intelligence",
+    "International Journal on Document Analysis and Recognition",
+    "In Proceedings of CVPR",
+    "In Proceedings of ICDAR",
+    "In Proceedings of ACL",
+    "Neural Computation",
+    "Advances in Neural Information Processing Systems",
+    "arXiv preprint",
+    "Computer Vision and Image Understanding",
 )
 
 
@@ -61,13 +86,20 @@ def initials_name(rng):
 
 
 def latin_reference(rng, number, style):
-    """"[12] A. Author, B. Author. Title of the paper. Journal, 2019." in one of three common styles."""
+    """ "[12] A. Author, B. Author. Title of the paper. Journal, 2019." in one of three common styles."""
     authors = [initials_name(rng) for _ in range(rng.randint(1, 4))]
     names = authors[0] if len(authors) == 1 else ", ".join(authors[:-1]) + " and " + authors[-1]
-    title = " ".join(w.capitalize() for w in (
-        rng.choice(ADJECTIVES), rng.choice(NOUNS), rng.choice(PREPOSITIONS),
-        rng.choice(ADJECTIVES), rng.choice(NOUNS), plural(rng.choice(NOUNS)),
-    ))
+    title = " ".join(
+        w.capitalize()
+        for w in (
+            rng.choice(ADJECTIVES),
+            rng.choice(NOUNS),
+            rng.choice(PREPOSITIONS),
+            rng.choice(ADJECTIVES),
+            rng.choice(NOUNS),
+            plural(rng.choice(NOUNS)),
+        )
+    )
     venue, year = rng.choice(JOURNALS), rng.randint(1995, 2023)
     volume, first_page = rng.randint(1, 60), rng.randint(1, 900)
     pages = f"{first_page}–{first_page + rng.randint(5, 20)}"
@@ -117,9 +149,11 @@ class EnglishWriter(Writer):
 
     def paper_title(self):
         rng = self.rng
-        return (f"{rng.choice(ADJECTIVES).capitalize()} {plural(rng.choice(NOUNS)).capitalize()} for "
-                f"{rng.choice(ADJECTIVES).capitalize()} {rng.choice(NOUNS).capitalize()} "
-                f"{rng.choice(('Detection', 'Analysis', 'Understanding', 'Recognition'))}")
+        return (
+            f"{rng.choice(ADJECTIVES).capitalize()} {plural(rng.choice(NOUNS)).capitalize()} for "
+            f"{rng.choice(ADJECTIVES).capitalize()} {rng.choice(NOUNS).capitalize()} "
+            f"{rng.choice(('Detection', 'Analysis', 'Understanding', 'Recognition'))}"
+        )
 
     def authors(self):
         return ", ".join(f"{initials_name(self.rng)}{self.rng.randint(1, 3)}" for _ in range(self.rng.randint(2, 5)))
@@ -129,8 +163,10 @@ class EnglishWriter(Writer):
 
     def caption_body(self, num_words):
         rng = self.rng
-        text = (f"{rng.choice(CAPTION_OPENERS)} the {rng.choice(ADJECTIVES)} "
-                f"{plural(rng.choice(NOUNS))} on {rng.choice(DATASETS)}.")
+        text = (
+            f"{rng.choice(CAPTION_OPENERS)} the {rng.choice(ADJECTIVES)} "
+            f"{plural(rng.choice(NOUNS))} on {rng.choice(DATASETS)}."
+        )
         if num_words > 12:
             text += " " + self.paragraph(num_words - 10)
         return text
@@ -146,9 +182,11 @@ class EnglishWriter(Writer):
 
     def footer_items(self, page_number):
         rng = self.rng
-        left = rng.choice((
-            f"© {rng.randint(2000, 2024)} Elsevier Ltd. All rights reserved.",
-            f"Preprint submitted to {rng.choice(JOURNALS)}",
-            f"doi:10.{rng.randint(1000, 9999)}/j.patcog.{rng.randint(2000, 2024)}.{rng.randint(100000, 999999)}",
-        ))
+        left = rng.choice(
+            (
+                f"© {rng.randint(2000, 2024)} Elsevier Ltd. All rights reserved.",
+                f"Preprint submitted to {rng.choice(JOURNALS)}",
+                f"doi:10.{rng.randint(1000, 9999)}/j.patcog.{rng.randint(2000, 2024)}.{rng.randint(100000, 999999)}",
+            )
+        )
         return left, rng.choice((str(page_number), f"Page {page_number}", f"- {page_number} -"))

@@ -1,4 +1,5 @@
 """Numbered display equations made of random formula terms."""
+
 import re
 from dataclasses import dataclass
 from typing import ClassVar
@@ -11,9 +12,24 @@ from .writer import words
 SYMBOLS = words("x y z w h u v α β γ λ μ σ φ ψ ω θ")
 FUNCTIONS = words("f g h F L E p q")
 TERMS = (
-    "Σᵢ {s}ᵢ {s}ᵢ", "∫₀¹ {f}({s}) d{s}", "‖W{s} − b‖²", "exp(−{s}{s})", "{s}{s}²", "log p({s}|{s})",
-    "∂{f}/∂{s}", "√({s}² + {s}²)", "Wᵀ{s}", "max(0, {s})", "(1 − {s}){s}ₜ", "{s}/({s} + ε)",
-    "Πⱼ {s}ⱼ", "{f}({s}) ⊙ {s}", "mc²", "λ‖θ‖²", "{s}ₖ · {s}ₖ", "E[{s}²]",
+    "Σᵢ {s}ᵢ {s}ᵢ",
+    "∫₀¹ {f}({s}) d{s}",
+    "‖W{s} − b‖²",
+    "exp(−{s}{s})",
+    "{s}{s}²",
+    "log p({s}|{s})",
+    "∂{f}/∂{s}",
+    "√({s}² + {s}²)",
+    "Wᵀ{s}",
+    "max(0, {s})",
+    "(1 − {s}){s}ₜ",
+    "{s}/({s} + ε)",
+    "Πⱼ {s}ⱼ",
+    "{f}({s}) ⊙ {s}",
+    "mc²",
+    "λ‖θ‖²",
+    "{s}ₖ · {s}ₖ",
+    "E[{s}²]",
 )
 
 
@@ -34,22 +50,26 @@ class EquationBlock:
         return (len(self.lines) - 1) * self.leading + self.face.line_height
 
     def draw(self, canvas, x, y, width):
-        boxes = [canvas.write(x + (width - self.face.width(line)) / 2, y + i * self.leading, line, self.face)
-                 for i, line in enumerate(self.lines)]
+        boxes = [
+            canvas.write(x + (width - self.face.width(line)) / 2, y + i * self.leading, line, self.face)
+            for i, line in enumerate(self.lines)
+        ]
         label = f"({self.number})"
-        boxes.append(canvas.write(x + width - self.face.width(label), y + self.height - self.face.line_height,
-                                  label, self.face))
+        boxes.append(
+            canvas.write(x + width - self.face.width(label), y + self.height - self.face.line_height, label, self.face)
+        )
         canvas.add_block(self.category, union(boxes))
 
 
 def _formula_lines(rng, face, width):
     """One or two formula lines that fit in `width`."""
+
     def fill(template):
         return re.sub(r"\{(\w)\}", lambda m: rng.choice(SYMBOLS if m.group(1) == "s" else FUNCTIONS), template)
 
     lhs = fill(rng.choice(("{f}({s})", "{s}ₜ", "L", "{f}", "p({s}|{s})", "{s}*", "∇{f}")))
     lines = []
-    for prefix in ([f"{lhs} = "] if rng.random() < 0.75 else [f"{lhs} = ", "    + "]):
+    for prefix in [f"{lhs} = "] if rng.random() < 0.75 else [f"{lhs} = ", "    + "]:
         line = prefix + fill(rng.choice(TERMS))
         for _ in range(rng.randint(1, 3)):
             longer = f"{line} {rng.choice(('+', '−', '·'))} {fill(rng.choice(TERMS))}"

@@ -1,12 +1,23 @@
 """Figures: line, bar and scatter plots, method diagrams, and shapes standing in for pictures."""
+
 import random
 from dataclasses import dataclass
 from typing import ClassVar
 
 from .fonts import Face
 
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+PALETTE = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
 
 
 def _axes(canvas, rng, box, face, x_ticks, x_label):

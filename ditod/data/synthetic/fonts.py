@@ -1,4 +1,5 @@
 """Font files found on the machine (Latin families, a CJK font) and fonts loaded at a pixel size."""
+
 import functools
 import importlib.util
 import os
@@ -13,15 +14,22 @@ LATIN_FAMILIES = {
     "sans": ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf"),
     "serif": ("DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf"),
     "sans-condensed": (
-        "DejaVuSansCondensed.ttf", "DejaVuSansCondensed-Bold.ttf", "DejaVuSansCondensed-Oblique.ttf",
+        "DejaVuSansCondensed.ttf",
+        "DejaVuSansCondensed-Bold.ttf",
+        "DejaVuSansCondensed-Oblique.ttf",
     ),
     "serif-condensed": (
-        "DejaVuSerifCondensed.ttf", "DejaVuSerifCondensed-Bold.ttf", "DejaVuSerifCondensed-Italic.ttf",
+        "DejaVuSerifCondensed.ttf",
+        "DejaVuSerifCondensed-Bold.ttf",
+        "DejaVuSerifCondensed-Italic.ttf",
     ),
 }
 NO_CJK_FONT = "Chinese pages need a CJK font and none was found: apt-get install fonts-wqy-microhei"
 CJK_FONT_FILES = (
-    "wqy-microhei.ttc", "wqy-zenhei.ttc", "NotoSansCJK-Regular.ttc", "NotoSerifCJK-Regular.ttc",
+    "wqy-microhei.ttc",
+    "wqy-zenhei.ttc",
+    "NotoSansCJK-Regular.ttc",
+    "NotoSerifCJK-Regular.ttc",
     "DroidSansFallbackFull.ttf",
 )
 
@@ -33,7 +41,7 @@ class FontFamily:
     italic: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font_files():
     """File name -> path of the fonts in the usual directories, then matplotlib's bundled ones."""
     dirs = [Path(d).expanduser() for d in FONT_DIRS]
@@ -49,13 +57,11 @@ def _font_files():
     return files
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def latin_families():
     files = _font_files()
     families = tuple(
-        FontFamily(*(files[f] for f in names))
-        for names in LATIN_FAMILIES.values()
-        if all(f in files for f in names)
+        FontFamily(*(files[f] for f in names)) for names in LATIN_FAMILIES.values() if all(f in files for f in names)
     )
     if not families:
         raise RuntimeError("no DejaVu fonts found: install Debian's fonts-dejavu (or matplotlib)")
@@ -91,6 +97,6 @@ class Face:
         return width
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_face(path, size):
     return Face(path, size)

@@ -1,9 +1,27 @@
 """The OCR of a page: its drawn lines, some dropped, misread or with jittered boxes."""
+
 from ..ocr import PageOCR
 
 # Characters OCR engines commonly confuse; anything else is swapped with its neighbour.
-CONFUSIONS = {"l": "1", "1": "l", "O": "0", "0": "O", "e": "c", "c": "e", "m": "rn", "S": "5", "5": "S",
-              "I": "l", "B": "8", "8": "B", "g": "q", "a": "o", "o": "a", "u": "v", "n": "h"}
+CONFUSIONS = {
+    "l": "1",
+    "1": "l",
+    "O": "0",
+    "0": "O",
+    "e": "c",
+    "c": "e",
+    "m": "rn",
+    "S": "5",
+    "5": "S",
+    "I": "l",
+    "B": "8",
+    "8": "B",
+    "g": "q",
+    "a": "o",
+    "o": "a",
+    "u": "v",
+    "n": "h",
+}
 
 
 def _misread(rng, text, probability):

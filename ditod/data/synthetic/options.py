@@ -1,9 +1,18 @@
 """The layout classes a page is annotated with, and the options of the generated pages."""
+
 from dataclasses import dataclass
 
 CATEGORIES = (
-    "Text", "Title", "Figure", "Figure caption", "Table",
-    "Table caption", "Header", "Footer", "Reference", "Equation",
+    "Text",
+    "Title",
+    "Figure",
+    "Figure caption",
+    "Table",
+    "Table caption",
+    "Header",
+    "Footer",
+    "Reference",
+    "Equation",
 )
 CATEGORY_IDS = {name: index + 1 for index, name in enumerate(CATEGORIES)}
 LANGUAGES = ("en", "zh", "mixed")

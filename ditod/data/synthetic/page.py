@@ -1,4 +1,5 @@
 """One synthetic page: paper, running header and footer, title block, columns of content, OCR."""
+
 import hashlib
 import math
 import random
@@ -60,10 +61,15 @@ def _front_matter(canvas, rng, writer, style, left, right, top, scale):
     """Paper title, authors and affiliation across the full width; returns where the body starts."""
     inner = (right - left) * 0.9
     title_face = get_face(style.title.face.font.path, max(8, round(rng.randint(18, 24) * scale)))
-    title = TextBlock.of("Title", writer.paper_title(),
-                         TextStyle(title_face, round(title_face.line_height * 1.15), 0, center=True), inner)
-    people = TextBlock.of("Text", writer.authors(),
-                          TextStyle(style.small, round(style.small.line_height * 1.2), 0, center=True), inner)
+    title = TextBlock.of(
+        "Title",
+        writer.paper_title(),
+        TextStyle(title_face, round(title_face.line_height * 1.15), 0, center=True),
+        inner,
+    )
+    people = TextBlock.of(
+        "Text", writer.authors(), TextStyle(style.small, round(style.small.line_height * 1.2), 0, center=True), inner
+    )
     people.lines += wrap(writer.affiliation(), style.small, inner)
     y = top
     for block in (title, people):
@@ -91,8 +97,9 @@ def _compose(rng, options):
     if rng.random() < 0.85:
         header_y = top - style.small.line_height - round(style.text.leading * rng.uniform(0.8, 1.6))
         items = writer.header_items(page_number)
-        for box in _running_line(canvas, style, items if rng.random() < 0.7 else (items[0], None),
-                                 header_y, left, right):
+        for box in _running_line(
+            canvas, style, items if rng.random() < 0.7 else (items[0], None), header_y, left, right
+        ):
             canvas.add_block("Header", box)
         if rng.random() < 0.4:
             rule_y = header_y + style.small.line_height + 2
@@ -100,8 +107,9 @@ def _compose(rng, options):
     if rng.random() < 0.85:
         footer_y = bottom + round(style.text.leading * rng.uniform(0.8, 1.6))
         items = writer.footer_items(page_number)
-        for box in _running_line(canvas, style, items if rng.random() < 0.5 else (items[1], None),
-                                 footer_y, left, right):
+        for box in _running_line(
+            canvas, style, items if rng.random() < 0.5 else (items[1], None), footer_y, left, right
+        ):
             canvas.add_block("Footer", box)
 
     if rng.random() < 0.2:

@@ -1,4 +1,5 @@
 """Writing a split: the pages, their OCR and the COCO json, in one process or a pool of them."""
+
 import functools
 import json
 import logging
@@ -78,8 +79,16 @@ def generate_split(out_dir, split, num_pages, seed=0, options=SyntheticOptions()
     for image_id, (file_name, width, height, blocks) in enumerate(pages, start=1):
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for category_id, bbox in blocks:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
-                                "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
             counts[CATEGORIES[category_id - 1]] += 1
     coco = {
         "info": {"description": f"ditod synthetic pages, split {split}, seed {seed}"},

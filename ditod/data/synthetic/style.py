@@ -1,4 +1,5 @@
 """Fonts and spacing of a page, drawn once per page."""
+
 from dataclasses import dataclass
 
 from .fonts import Face, find_cjk_font, get_face, latin_families
@@ -40,17 +41,27 @@ def page_style(rng, lang, scale, hard_text):
         title = TextStyle(face(bold, size + (1 if cjk else 0)), leading, round(para_gap * 1.5) + leading // 2)
     else:
         caption_face = face(italic, size) if rng.random() < 0.5 else face(regular, size - 1)
-        caption = TextStyle(caption_face, round(caption_face.line_height * 1.15), leading // 2,
-                            center=rng.random() < 0.3)
+        caption = TextStyle(
+            caption_face, round(caption_face.line_height * 1.15), leading // 2, center=rng.random() < 0.3
+        )
         reference_face = face(regular, size - rng.randint(1, 2))
-        reference = TextStyle(reference_face, round(reference_face.line_height * 1.1), leading // 4,
-                              rest_indent=round(reference_face.width("M") * 1.5))
+        reference = TextStyle(
+            reference_face,
+            round(reference_face.line_height * 1.1),
+            leading // 4,
+            rest_indent=round(reference_face.width("M") * 1.5),
+        )
         title_face = face(bold, size + rng.randint(1, 4))
         title = TextStyle(title_face, round(title_face.line_height * 1.15), para_gap + leading)
     return PageStyle(
-        text=text, title=title, caption=caption, reference=reference,
-        small=face(regular, size - 2), label=face(cjk or family.regular, size - 3),
-        table=face(regular, size - 1), table_header=face(bold, size - 1),
+        text=text,
+        title=title,
+        caption=caption,
+        reference=reference,
+        small=face(regular, size - 2),
+        label=face(cjk or family.regular, size - 3),
+        table=face(regular, size - 1),
+        table_header=face(bold, size - 1),
         equation=face(rng.choice((family.italic, family.regular)), size + 1),
         block_gap=round(leading * rng.uniform(0.8, 1.5)),
     )

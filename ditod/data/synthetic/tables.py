@@ -1,4 +1,5 @@
 """Results tables: a ruled grid of cell text, centered in its column."""
+
 import math
 from dataclasses import dataclass
 from typing import ClassVar

@@ -1,4 +1,5 @@
 """Line breaking, and blocks of wrapped text: paragraphs, headings, captions, references."""
+
 import re
 from dataclasses import dataclass
 
@@ -71,8 +72,10 @@ class TextBlock:
         fitting = (max_height - self.style.face.line_height) // self.style.leading + 1
         if fitting < 2 or fitting >= len(self.lines):
             return None
-        return (TextBlock(self.category, self.lines[:fitting], self.style, True),
-                TextBlock(self.category, self.lines[fitting:], self.style, True))
+        return (
+            TextBlock(self.category, self.lines[:fitting], self.style, True),
+            TextBlock(self.category, self.lines[fitting:], self.style, True),
+        )
 
     def draw(self, canvas, x, y, width):
         face = self.style.face

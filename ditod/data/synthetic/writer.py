@@ -1,4 +1,5 @@
 """The part of a page's text that English and Chinese share: templates filled from word lists."""
+
 import re
 
 
