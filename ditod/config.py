@@ -1,19 +1,114 @@
-"""The config keys that ditod adds to detectron2's defaults."""
+"""
+The config keys that ditod adds to detectron2's defaults, and the upgrade of config files
+written with older key names.
 
+ditod's configs are detectron2 configs of VERSION 3: importing this module registers
+`ConverterV3` with detectron2's versioned-config machinery (detectron2/config/compat.py)
+and makes 3 the latest version. A file of VERSION 2 (this project's configs before the
+renames below, and the configs of unilm's LayoutLMv3 detection code) is upgraded when it
+is merged, by `cfg.merge_from_file` as by `load_config`; `load_config` also names each
+old key the file uses and its new name.
+"""
+
+import logging
 import os
 
 import yaml
 
 from detectron2.config import CfgNode as CN
-from detectron2.config import get_cfg
+from detectron2.config import compat, get_cfg
+from detectron2.config.defaults import _C as DETECTRON2_DEFAULTS
 
-__all__ = ["add_vit_config", "load_config"]
+__all__ = ["CONFIG_VERSION", "ConverterV3", "add_vit_config", "load_config"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_VERSION = 3
+
+
+class ConverterV3:
+    """
+    The renames of config VERSION 3, in detectron2's converter protocol (upgrade and
+    downgrade a whole config in place). Keys a config does not have are left alone, so
+    detectron2's own configs pass through unchanged.
+    """
+
+    # (old name, new name)
+    RENAMES = [
+        ("INPUT.OCR.MAX_TOKENS_PER_WORD", "INPUT.OCR.MAX_TOKENS_PER_LINE"),
+        ("AUG.DETR", "INPUT.CROP.DETR_STYLE"),
+        ("CPU_KEEP_FREED_MEMORY", "MODEL.CPU_KEEP_FREED_MEMORY"),
+    ]
+
+    @classmethod
+    def upgrade(cls, cfg):
+        for old, new in cls.RENAMES:
+            _move(cfg, old, new)
+
+    @classmethod
+    def downgrade(cls, cfg):
+        for old, new in reversed(cls.RENAMES):
+            _move(cfg, new, old)
+
+
+def _move(cfg, source, target):
+    """Move the value of the dotted key `source` to `target` when `cfg` has it; a node
+    that `source` leaves empty goes too."""
+    *source_path, source_key = source.split(".")
+    nodes = [cfg]
+    for key in source_path:
+        if not isinstance(nodes[-1], dict) or key not in nodes[-1]:
+            return
+        nodes.append(nodes[-1][key])
+    if not isinstance(nodes[-1], dict) or source_key not in nodes[-1]:
+        return
+    value = nodes[-1].pop(source_key)
+    for parent, key, node in reversed(list(zip(nodes, source_path, nodes[1:]))):
+        if not node:
+            del parent[key]
+    *target_path, target_key = target.split(".")
+    node = cfg
+    for key in target_path:
+        node = node.setdefault(key, CN())
+    node[target_key] = value
+
+
+def _register_version():
+    # A converter of this module from an earlier import of it (a reload) is ours too.
+    registered = getattr(compat, f"ConverterV{CONFIG_VERSION}", ConverterV3)
+    ours = registered.__module__ == __name__ and registered.__qualname__ == ConverterV3.__qualname__
+    if not ours or DETECTRON2_DEFAULTS.VERSION not in (CONFIG_VERSION - 1, CONFIG_VERSION):
+        raise ImportError(
+            f"this detectron2 has config version {DETECTRON2_DEFAULTS.VERSION} and its own converter to "
+            f"version {CONFIG_VERSION}; ditod's config upgrade needs detectron2's config version "
+            f"{CONFIG_VERSION - 1}"
+        )
+    # upgrade_config looks converters up by name in compat's globals.
+    compat.ConverterV3 = ConverterV3
+    DETECTRON2_DEFAULTS.VERSION = CONFIG_VERSION
+
+
+_register_version()
+
+
+def _notice_old_keys(config_file):
+    """One line per old key name that `config_file` (with its _BASE_ files) uses."""
+    loaded = CN.load_yaml_with_base(config_file, allow_unsafe=True)
+    if loaded.get("VERSION", CONFIG_VERSION) >= CONFIG_VERSION:
+        return
+    for old, new in ConverterV3.RENAMES:
+        node = loaded
+        for key in old.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            logger.warning(f"{config_file}: config key {old} is now {new} (upgraded from VERSION {loaded['VERSION']})")
 
 
 def load_config(config_file, opts=()):
     """
-    detectron2's default config with ditod's keys, merged from `config_file` and the
-    KEY VALUE overrides `opts` (not frozen).
+    detectron2's default config with ditod's keys, merged from `config_file` (upgraded
+    from an older VERSION, see the module docstring) and the KEY VALUE overrides `opts`
+    (not frozen).
 
     Raises:
         ValueError naming the file or the override: a missing or unparsable file, an
@@ -25,11 +120,12 @@ def load_config(config_file, opts=()):
     if not os.path.isfile(config_file):
         raise ValueError(f"config file {config_file} does not exist")
     try:
+        _notice_old_keys(config_file)
         cfg.merge_from_file(config_file)
     except (AssertionError, KeyError, ValueError, yaml.YAMLError) as e:
-        raise ValueError(f"config file {config_file}: {_reason(e)}") from e
+        raise ValueError(f"config file {config_file}: {_reason(e)}{_renamed_hint(e)}") from e
     opts = list(opts)
-    options = [text for text in opts if text.startswith("--")]
+    options = [text for text in opts if isinstance(text, str) and text.startswith("--")]
     if options:
         raise ValueError(f"{options[0]} comes after the KEY VALUE config overrides: put options before them")
     if len(opts) % 2:
@@ -37,7 +133,7 @@ def load_config(config_file, opts=()):
     try:
         cfg.merge_from_list(opts)
     except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"config override: {_reason(e)}") from e
+        raise ValueError(f"config override: {_reason(e)}{_renamed_hint(e)}") from e
     return cfg
 
 
@@ -46,9 +142,20 @@ def _reason(error):
     return error.args[0] if isinstance(error, KeyError) and error.args else str(error)
 
 
+def _renamed_hint(error):
+    """Where an unknown key is an old name (a file that declares VERSION 3, or none, or an
+    override), its new name."""
+    reason = _reason(error)
+    for old, new in ConverterV3.RENAMES:
+        if reason.endswith(f"key: {old}"):
+            return f" ({old} is now {new}; a file of VERSION 2 is upgraded)"
+    return ""
+
+
 def add_vit_config(cfg):
     """Add every ditod key, with its default, to a detectron2 config (in place)."""
     _C = cfg
+    _C.VERSION = CONFIG_VERSION
 
     # ------------------------------------------------------------------ backbone
     _C.MODEL.VIT = CN()
@@ -95,8 +202,8 @@ def add_vit_config(cfg):
 
     # --------------------------------------------------------------- text fusion
     _C.MODEL.TEXT_FUSION = CN()
-    # Which of MODEL.VIT.OUT_FEATURES receive painted text features.
-    _C.MODEL.TEXT_FUSION.LEVELS = ["layer3", "layer5", "layer7", "layer11"]
+    # Which of MODEL.VIT.OUT_FEATURES receive painted text features; empty: all of them.
+    _C.MODEL.TEXT_FUSION.LEVELS = []
     # "gated": g*visual + (1-g)*text with g = sigmoid(conv3x3([visual; text]));
     # "add": visual + text; "none": no fusion (text still enters the transformer).
     _C.MODEL.TEXT_FUSION.MODE = "gated"
@@ -111,8 +218,8 @@ def add_vit_config(cfg):
     # Token budget per page, CLS/SEP not counted; lowered (with a warning) to what the
     # model's text positions allow.
     _C.INPUT.OCR.MAX_TOKENS = 510
-    # Cap on the tokens of one word/line; 0 = no cap.
-    _C.INPUT.OCR.MAX_TOKENS_PER_WORD = 0
+    # Cap on the tokens of one OCR line (an entry of the OCR json's "words"); 0 = no cap.
+    _C.INPUT.OCR.MAX_TOKENS_PER_LINE = 0
     # "reading": column-aware reading order before the budget cuts; "ocr": as given.
     _C.INPUT.OCR.ORDER = "reading"
     # Drop tokens that the tokenizer maps to its unknown token.
@@ -131,10 +238,11 @@ def add_vit_config(cfg):
     _C.DATASETS.REGISTER = []
 
     # --------------------------------------------------------------- augmentation
-    _C.AUG = CN()
-    # DETR-style augmentation: with probability 0.5 resize + random crop before the
-    # multi-scale resize.
-    _C.AUG.DETR = False
+    # With INPUT.CROP.ENABLED: crop the DETR way, as the LayoutLMv3 recipe does: half of
+    # the pages are resized to a short side of 400/500/600 and cropped before the
+    # multi-scale resize, the other half are not cropped. False: every page is cropped
+    # (detectron2's DatasetMapper).
+    _C.INPUT.CROP.DETR_STYLE = False
 
     # -------------------------------------------------------------------- solver
     # "AdamW" or "SGD".
@@ -152,4 +260,4 @@ def add_vit_config(cfg):
     # default: the base model's text step runs 7-11% faster on CPU,
     # but the process never returns freed memory and its heap fragments (eager
     # attention: > 24 GB, against a 14 GB peak without it).
-    _C.CPU_KEEP_FREED_MEMORY = False
+    _C.MODEL.CPU_KEEP_FREED_MEMORY = False

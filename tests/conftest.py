@@ -11,16 +11,9 @@ TINY_TEXT_CONFIG = os.path.join(REPO, "configs", "tiny", "cascade_layoutlmv3_tex
 
 def tiny_cfg(*overrides):
     """The tiny CPU config without a tokenizer (vocabulary from MODEL.VIT.VOCAB_SIZE)."""
-    from detectron2.config import get_cfg
+    from ditod import load_config
 
-    import ditod
-
-    cfg = get_cfg()
-    ditod.add_vit_config(cfg)
-    cfg.merge_from_file(TINY_TEXT_CONFIG)
-    cfg.MODEL.VIT.VOCAB_SIZE = 300
-    cfg.merge_from_list(list(overrides))
-    return cfg
+    return load_config(TINY_TEXT_CONFIG, ["MODEL.VIT.VOCAB_SIZE", 300, *overrides])
 
 
 @pytest.fixture(autouse=True)

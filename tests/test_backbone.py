@@ -21,10 +21,6 @@ def twelve_layer_cfg(*overrides):
         96,
         "MODEL.VIT.OUT_FEATURES",
         ["layer3", "layer5", "layer7", "layer11"],
-        "MODEL.FPN.IN_FEATURES",
-        ["layer3", "layer5", "layer7", "layer11"],
-        "MODEL.TEXT_FUSION.LEVELS",
-        ["layer3", "layer5", "layer7", "layer11"],
         *overrides,
     )
 
@@ -178,14 +174,14 @@ def test_layers_after_the_last_tap_are_dropped():
     cfg = twelve_layer_cfg(
         "MODEL.VIT.OUT_FEATURES",
         ["layer1", "layer2", "layer3", "layer5"],
-        "MODEL.FPN.IN_FEATURES",
-        ["layer1", "layer2", "layer3", "layer5"],
         "MODEL.TEXT_FUSION.LEVELS",
         ["layer5"],
     )
     backbone = build_backbone(cfg)
     assert len(backbone.bottom_up.layoutlmv3.encoder.layer) == 6
     assert list(backbone.bottom_up.text_fusion) == ["layer5"]
+    # FPN.IN_FEATURES left empty: the pyramid reads every tapped layer.
+    assert list(backbone.in_features) == ["layer1", "layer2", "layer3", "layer5"]
 
 
 @pytest.mark.parametrize(
@@ -247,7 +243,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_less_saved():
 
 
 def test_layout_embeddings_fill_the_hidden_size_as_in_released_checkpoints():
-    from ditod.modeling.backbone import build_layoutlmv3_config
+    from ditod.layoutlmv3 import build_layoutlmv3_config
 
     large = build_layoutlmv3_config(tiny_cfg("MODEL.VIT.NAME", "layoutlmv3_large"))
     # microsoft/layoutlmv3-large's config.json

@@ -1,13 +1,14 @@
 """tools/bench_text.py's bookkeeping: results of small validation sets and cached runs."""
 
-import importlib.util
+import importlib
 import os
+import sys
 
 from conftest import REPO
 
-spec = importlib.util.spec_from_file_location("bench_text", os.path.join(REPO, "tools", "bench_text.py"))
-bench_text = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_text)
+# The tools import each other by name, as they do when run from tools/.
+sys.path.insert(0, os.path.join(REPO, "tools"))
+bench_text = importlib.import_module("bench_text")
 
 
 def test_a_class_without_validation_instances_is_left_out_of_the_means():

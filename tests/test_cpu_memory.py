@@ -47,4 +47,4 @@ def test_keep_freed_cpu_memory_reuses_pages_of_freed_tensors():
 
 def test_configure_cpu_memory_only_for_cpu_runs_with_the_key_on():
     assert not configure_cpu_memory(tiny_cfg("MODEL.DEVICE", "cpu"))  # off by default
-    assert not configure_cpu_memory(tiny_cfg("MODEL.DEVICE", "cuda", "CPU_KEEP_FREED_MEMORY", True))
+    assert not configure_cpu_memory(tiny_cfg("MODEL.DEVICE", "cuda", "MODEL.CPU_KEEP_FREED_MEMORY", True))

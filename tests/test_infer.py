@@ -108,7 +108,8 @@ def test_image_with_ocr_on_the_fly_and_a_bad_file(setup, tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     assert "FAILED broken" in result.stdout and "1 page(s)" in result.stdout
     assert "seconds per page: OCR" in result.stdout
-    width, height = Image.open(inputs / "page.png").size
+    with Image.open(inputs / "page.png") as image:
+        width, height = image.size
     detections = check_page(output, "page", (width, height), "rapidocr")
     ocr = load_ocr(output / "ocr" / "page.json")
     assert len(ocr) > 5 and (ocr.width, ocr.height) == (width, height)

@@ -12,7 +12,7 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-import ditod.data.tokens as tokens
+import ditod.layoutlmv3 as layoutlmv3
 from conftest import tiny_cfg
 from ditod.data.mapper import VLDatasetMapper
 from ditod.data.ocr import OCRFormatError, PageOCR, save_ocr
@@ -165,7 +165,7 @@ def test_random_augmentations_keep_tokens_on_their_words(tokenizer_dir, page, se
     record, texts, _, colors = page
     cfg = make_cfg(
         tokenizer_dir,
-        "AUG.DETR",
+        "INPUT.CROP.DETR_STYLE",
         True,
         "INPUT.CROP.ENABLED",
         True,
@@ -197,21 +197,21 @@ def test_ocr_order_keeps_the_file_order(tokenizer_dir, page):
 def test_tokenizer_loaded_once_per_process(tokenizer_dir, page, monkeypatch):
     record = page[0]
     loads = []
-    original = tokens.AutoTokenizer.from_pretrained
+    original = layoutlmv3.AutoTokenizer.from_pretrained
 
     def counting(*args, **kwargs):
         loads.append(args)
         return original(*args, **kwargs)
 
-    tokens.load_tokenizer.cache_clear()
-    monkeypatch.setattr(tokens.AutoTokenizer, "from_pretrained", counting)
+    layoutlmv3.load_tokenizer.cache_clear()
+    monkeypatch.setattr(layoutlmv3.AutoTokenizer, "from_pretrained", counting)
     cfg = make_cfg(tokenizer_dir)
     train_mapper, test_mapper = VLDatasetMapper(cfg, is_train=True), VLDatasetMapper(cfg, is_train=False)
     for _ in range(25):
         assert len(train_mapper(record)["input_ids"]) > 0
         assert len(test_mapper(record)["input_ids"]) > 0
     assert len(loads) == 1
-    tokens.load_tokenizer.cache_clear()
+    layoutlmv3.load_tokenizer.cache_clear()
 
 
 def test_image_only_reads_no_ocr(tokenizer_dir, page):

@@ -15,7 +15,8 @@ from detectron2.layers import ShapeSpec
 
 from conftest import tiny_cfg
 from ditod.data.reading_order import reading_order
-from ditod.data.tokens import OCRTokenizer, load_tokenizer, max_text_tokens, train_tokenizer
+from ditod.data.tokens import OCRTokenizer, train_tokenizer
+from ditod.layoutlmv3 import build_layoutlmv3_config, load_tokenizer, max_text_tokens
 from ditod.modeling import build_vit_fpn_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,7 +123,7 @@ def test_budget_cuts_lines_in_order(bpe):
 def test_per_line_cap(bpe):
     lines = ["layout analysis finds the regions", "text"]
     boxes = np.array([[0, 0, 10, 10], [0, 20, 10, 30]], dtype=float)
-    encoder = OCRTokenizer(bpe, max_tokens_per_word=3, order="ocr")
+    encoder = OCRTokenizer(bpe, max_tokens_per_line=3, order="ocr")
     ids, token_boxes = encoder.encode(lines, boxes)
     first = bpe(lines[0].split(), boxes=[[0, 0, 0, 0]] * 5, add_special_tokens=False)["input_ids"][:3]
     second = bpe(["text"], boxes=[[0, 0, 0, 0]], add_special_tokens=False)["input_ids"][:3]
@@ -215,7 +216,7 @@ def test_max_tokens_follows_the_model_positions(bpe_dir, caplog):
     cfg = tiny_cfg("MODEL.VIT.TOKENIZER", bpe_dir, "INPUT.OCR.MAX_TOKENS", 600)
     backbone = build_vit_fpn_backbone(cfg, ShapeSpec(channels=3))
     limit = backbone.bottom_up.max_text_tokens
-    assert limit == max_text_tokens(cfg, AutoTokenizer.from_pretrained(bpe_dir))
+    assert limit == max_text_tokens(build_layoutlmv3_config(cfg, AutoTokenizer.from_pretrained(bpe_dir)))
     with caplog.at_level(logging.WARNING, logger="ditod.data.tokens"):
         assert OCRTokenizer.from_config(cfg).max_tokens == limit
     assert "MAX_TOKENS 600" in caplog.text
@@ -232,7 +233,7 @@ def test_from_config_needs_a_tokenizer():
 
 @pytest.mark.parametrize("key", ["MODEL.VIT.TOKENIZER", "MODEL.VIT.PRETRAINED"])
 def test_missing_tokenizer_or_model_directory_names_the_key(key, tmp_path):
-    from ditod.data.tokens import get_tokenizer
+    from ditod.layoutlmv3 import get_tokenizer
 
     missing = str(tmp_path / "tokenizr")
     with pytest.raises(ValueError, match=f"^{key} {missing}: no such directory$"):
@@ -243,7 +244,7 @@ def test_missing_tokenizer_or_model_directory_names_the_key(key, tmp_path):
 
 
 def test_directory_without_tokenizer_files_names_the_key(tmp_path):
-    from ditod.data.tokens import get_tokenizer
+    from ditod.layoutlmv3 import get_tokenizer
 
     with pytest.raises(ValueError, match=f"^MODEL.VIT.TOKENIZER {tmp_path}: cannot be loaded from this directory"):
         get_tokenizer(tiny_cfg("MODEL.VIT.TOKENIZER", str(tmp_path)))

@@ -1,8 +1,5 @@
-"""The trainer: optimizer parameter groups, gradient accumulation (with AMP and
-full-model clipping), the resumable data stream, and exact resume of a real run."""
-
-import copy
-import itertools
+"""The trainer: gradient accumulation (with AMP and full-model clipping), the best
+checkpoint across resumes, and exact resume of a real run."""
 
 import numpy as np
 import pytest
@@ -10,108 +7,16 @@ import torch
 from torch import nn
 
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog
 from detectron2.engine import hooks
-from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-from conftest import TINY_TEXT_CONFIG, tiny_cfg
+from conftest import TINY_TEXT_CONFIG
 from ditod import add_vit_config
 from ditod.data import register_vl_coco, train_tokenizer
 from ditod.data.ocr import load_ocr
 from ditod.data.synthetic import SyntheticOptions, generate_split
-from ditod.engine import AccumulatingTrainer, VLTrainer, build_resumable_train_loader
-
-# ------------------------------------------------------------------ param groups
-
-LM = "backbone.bottom_up.layoutlmv3."
-
-
-def param_settings(optimizer):
-    """{parameter: (lr, weight_decay)} from the optimizer's groups; each parameter once."""
-    settings = {}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            assert param not in settings, "a parameter is in two groups"
-            settings[param] = (group["lr"], group["weight_decay"])
-    return settings
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    return build_model(tiny_cfg())
-
-
-def test_param_groups_multiplier_layer_decay_and_no_decay_parameters(tiny_model):
-    cfg = tiny_cfg(
-        "SOLVER.BASE_LR",
-        1.0,
-        "SOLVER.WEIGHT_DECAY",
-        0.05,
-        "SOLVER.BACKBONE_MULTIPLIER",
-        0.1,
-        "SOLVER.LAYER_DECAY",
-        0.5,
-    )
-    optimizer = VLTrainer.build_optimizer(cfg, tiny_model)
-    assert isinstance(optimizer, torch.optim.AdamW)
-    settings = param_settings(optimizer)
-    named = dict(tiny_model.named_parameters())
-    assert set(settings) == set(named.values())
-    lr = {name: settings[p][0] for name, p in named.items()}
-    wd = {name: settings[p][1] for name, p in named.items()}
-
-    # The tiny transformer has 4 layers: layer i gets 0.1 * 0.5^(4 - i), the embedding
-    # stage 0.1 * 0.5^5, everything outside the transformer the base LR.
-    for i in range(4):
-        assert lr[f"{LM}encoder.layer.{i}.attention.self.query.weight"] == pytest.approx(0.1 * 0.5 ** (4 - i))
-        assert lr[f"{LM}encoder.layer.{i}.output.LayerNorm.bias"] == pytest.approx(0.1 * 0.5 ** (4 - i))
-    for name in (
-        "embeddings.word_embeddings.weight",
-        "embeddings.x_position_embeddings.weight",
-        "patch_embed.proj.weight",
-        "cls_token",
-        "pos_embed",
-        "norm.weight",
-        "LayerNorm.bias",
-    ):
-        assert lr[LM + name] == pytest.approx(0.1 * 0.5**5), name
-    outside = [name for name in named if not name.startswith(LM)]
-    assert any("fpn1" in n for n in outside) and any("text_fusion" in n for n in outside)
-    assert any(n.startswith("roi_heads") for n in outside) and any(n.startswith("backbone.fpn_") for n in outside)
-    assert {lr[name] for name in outside} == {1.0}
-
-    no_decay = [
-        name
-        for name in named
-        if name.endswith(".bias")
-        or "LayerNorm" in name
-        or name.startswith(LM + "norm.")
-        or "position_embeddings" in name
-        or name in (LM + "pos_embed", LM + "cls_token")
-        or name == "backbone.bottom_up.fpn1.1.weight"  # the pyramid's BatchNorm
-    ]
-    assert {wd[name] for name in no_decay} == {0.0}
-    for name in (LM + "embeddings.x_position_embeddings.weight", LM + "embeddings.position_embeddings.weight"):
-        assert wd[name] == 0.0
-    decayed = set(named) - set(no_decay)
-    assert LM + "embeddings.word_embeddings.weight" in decayed
-    assert "backbone.bottom_up.text_fusion.layer0.gate_visual.weight" in decayed
-    assert {wd[name] for name in decayed} == {0.05}
-
-
-def test_param_groups_without_multiplier_or_decay_share_the_base_lr(tiny_model):
-    optimizer = VLTrainer.build_optimizer(tiny_cfg("SOLVER.BASE_LR", 0.25), tiny_model)
-    assert {lr for lr, _ in param_settings(optimizer).values()} == {0.25}
-
-
-def test_sgd_and_unknown_optimizer(tiny_model):
-    optimizer = VLTrainer.build_optimizer(tiny_cfg("SOLVER.OPTIMIZER", "SGD", "SOLVER.MOMENTUM", 0.8), tiny_model)
-    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.8
-    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
-        VLTrainer.build_optimizer(tiny_cfg("SOLVER.OPTIMIZER", "Adam"), tiny_model)
-
+from ditod.engine import AccumulatingTrainer, VLTrainer
 
 # ------------------------------------------------------------------ accumulation
 
@@ -252,97 +157,6 @@ def test_best_checkpoint_survives_resume():
         assert checkpointer.saves == []
         evaluate(hook, storage, 39, 35.0)
         assert [s["best_metric"] for _, s in checkpointer.saves] == [35.0]
-
-
-# ------------------------------------------------------------------ data stream
-
-
-def noisy_mapper(record):
-    """Stands in for augmentation: a draw from numpy's global RNG, as detectron2's transforms do."""
-    return {**record, "noise": float(np.random.rand())}
-
-
-@pytest.fixture(scope="module")
-def stream_dataset():
-    # Landscape and portrait pages, so that aspect-ratio grouping holds pages back.
-    generator = np.random.default_rng(0)
-    records = [
-        {"image_id": i, "file_name": f"{i}.png", "width": int(w), "height": int(h)}
-        for i, (w, h) in enumerate(generator.integers(200, 400, size=(13, 2)))
-    ]
-    name = "trainer_test_stream"
-    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
-    yield name, {r["image_id"]: r["width"] > r["height"] for r in records}
-    DatasetCatalog.remove(name)
-
-
-def stream(dataset, start_batch, num_batches, workers, grouping, seed=7):
-    cfg = get_cfg()
-    add_vit_config(cfg)
-    cfg.merge_from_list(
-        [
-            "DATASETS.TRAIN",
-            (dataset,),
-            "SOLVER.IMS_PER_BATCH",
-            3,
-            "DATALOADER.NUM_WORKERS",
-            workers,
-            "DATALOADER.ASPECT_RATIO_GROUPING",
-            grouping,
-            "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
-            False,
-            "SEED",
-            seed,
-        ]
-    )
-    loader = build_resumable_train_loader(cfg, noisy_mapper, start_batch=start_batch)
-    return [[(d["image_id"], d["noise"]) for d in batch] for batch in itertools.islice(loader, num_batches)]
-
-
-@pytest.mark.parametrize("grouping", [True, False], ids=["aspect-grouping", "plain"])
-def test_train_stream_resumes_exactly_whatever_the_workers(stream_dataset, grouping):
-    name, landscape = stream_dataset
-    full = stream(name, 0, 12, workers=0, grouping=grouping)
-    assert len({image for batch in full for image, _ in batch}) == 13
-    if grouping:
-        # Each batch has one orientation, and both occur: pages wait in their bucket
-        # across batch boundaries, which a resumed stream must reproduce.
-        orientations = [{landscape[image] for image, _ in batch} for batch in full]
-        assert all(len(o) == 1 for o in orientations) and len(set.union(*orientations)) == 2
-    # Resumed after 6 batches (with this seed two pages then wait in a bucket), with
-    # data-loader workers: the same batches, the same augmentation draws.
-    assert stream(name, 6, 6, workers=2, grouping=grouping) == full[6:]
-    assert stream(name, 0, 12, workers=0, grouping=grouping, seed=8) != full
-
-
-def test_missing_ocr_jsons_stop_the_loader_before_training(tmp_path):
-    (tmp_path / "0.json").write_text("{}")
-    records = [
-        {"image_id": i, "file_name": f"{i}.png", "width": 300, "height": 400, "ocr_file": str(tmp_path / f"{i}.json")}
-        for i in range(3)
-    ]
-    DatasetCatalog.register("trainer_test_ocr_gaps", lambda: copy.deepcopy(records))
-    try:
-        cfg = get_cfg()
-        add_vit_config(cfg)
-        cfg.merge_from_list(
-            [
-                "DATASETS.TRAIN",
-                ("trainer_test_ocr_gaps",),
-                "SOLVER.IMS_PER_BATCH",
-                1,
-                "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
-                False,
-            ]
-        )
-        with pytest.raises(FileNotFoundError, match=rf"2 of the 3 pages of trainer_test_ocr_gaps .* {tmp_path}/1.json"):
-            build_resumable_train_loader(cfg, noisy_mapper)
-        for key, value in (("INPUT.OCR.MISSING", "empty"), ("MODEL.IMAGE_ONLY", True)):
-            relaxed = cfg.clone()
-            relaxed.merge_from_list([key, value])
-            assert next(iter(build_resumable_train_loader(relaxed, noisy_mapper)))
-    finally:
-        DatasetCatalog.remove("trainer_test_ocr_gaps")
 
 
 # ------------------------------------------------------------------ exact resume

@@ -20,7 +20,7 @@ run, since these machines are shared and noisy):
          rounds of alternating processes, for their time ratio. The fusion share is the
          fusion modules' forward + backward at the same shapes and memory layouts over
          the text step. On the CPU, the *_keep_freed_memory runs repeat text and
-         image-only with CPU_KEEP_FREED_MEMORY on (applied as tools/train_net.py does).
+         image-only with MODEL.CPU_KEEP_FREED_MEMORY on (applied as tools/train_net.py does).
   data   VLDatasetMapper pages/s in one process on the PubLayNet sample pages (OCR
          jsons cached), with text vs image-only, training augmentations of the recipe.
   ocr    tools/ocr.py pages/s on the PubLayNet sample pages with 1 and 2 workers, and
@@ -182,8 +182,8 @@ STEP_CONFIGS = {
     "text_eager": {"MODEL.VIT.ATTENTION": "eager"},
     "image_only_eager": {"MODEL.IMAGE_ONLY": True, "MODEL.VIT.ATTENTION": "eager"},
     "text_grad_checkpoint": {"MODEL.VIT.GRAD_CHECKPOINT": True},
-    "text_keep_freed_memory": {"CPU_KEEP_FREED_MEMORY": True},
-    "image_only_keep_freed_memory": {"MODEL.IMAGE_ONLY": True, "CPU_KEEP_FREED_MEMORY": True},
+    "text_keep_freed_memory": {"MODEL.CPU_KEEP_FREED_MEMORY": True},
+    "image_only_keep_freed_memory": {"MODEL.IMAGE_ONLY": True, "MODEL.CPU_KEEP_FREED_MEMORY": True},
 }
 # Pairs whose time ratio (first over second) the report gives. Each configuration runs in
 # processes of its own, the two alternating, one round per --repeats: a shared machine's
@@ -558,7 +558,7 @@ def markdown(report):
             lines += [f"| {k} | {fmt(v)} |" for k, v in s["ratios"].items()]
             fusion = f"{fmt(s['text']['fusion_s'], 3)} s"
             if "text_keep_freed_memory" in s:
-                fusion += f" ({fmt(s['text_keep_freed_memory']['fusion_s'], 3)} s with CPU_KEEP_FREED_MEMORY)"
+                fusion += f" ({fmt(s['text_keep_freed_memory']['fusion_s'], 3)} s with MODEL.CPU_KEEP_FREED_MEMORY)"
             lines += ["", f"Fusion modules alone (painting + gates, 4 levels, forward + backward): {fusion}.", ""]
         if "data" in sections:
             d = sections["data"]

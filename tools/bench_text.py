@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from demo import tokenizer_command
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml"
 TEXT_DEPENDENT = ("Figure caption", "Table caption", "Reference")
@@ -92,16 +94,7 @@ def prepare_data(out, args, env):
             out / "make_synthetic.log",
         )
         run(
-            [
-                sys.executable,
-                "tools/train_tokenizer.py",
-                "--ocr-dir",
-                synthetic / "train" / "ocr",
-                "--out",
-                tokenizer,
-                "--vocab-size",
-                4000,
-            ],
+            tokenizer_command(synthetic, tokenizer),
             env,
             out / "train_tokenizer.log",
         )

@@ -26,6 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml"
 
 
+def tokenizer_command(synthetic, tokenizer):
+    """The command that trains the tiny model's tokenizer on the OCR of the synthetic training pages."""
+    return [
+        sys.executable,
+        "tools/train_tokenizer.py",
+        "--ocr-dir",
+        synthetic / "train" / "ocr",
+        "--out",
+        tokenizer,
+        "--vocab-size",
+        4000,
+    ]
+
+
 def run(step, command, env):
     print(f"\n=== {step}\n$ {' '.join(str(c) for c in command)}", flush=True)
     start = time.perf_counter()
@@ -76,16 +90,7 @@ def main():
     )
     seconds["tokenizer"] = run(
         "2/5 tokenizer",
-        [
-            python,
-            "tools/train_tokenizer.py",
-            "--ocr-dir",
-            synthetic / "train" / "ocr",
-            "--out",
-            tokenizer,
-            "--vocab-size",
-            4000,
-        ],
+        tokenizer_command(synthetic, tokenizer),
         env,
     )
     seconds["training"] = run(

@@ -28,8 +28,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ditod import load_config
-from ditod.data import register_from_config, register_vl_coco
-from ditod.engine import VLDetectionCheckpointer, VLTrainer, check_datasets, configure_cpu_memory
+from ditod.data import check_datasets, register_from_config, register_vl_coco
+from ditod.engine import VLDetectionCheckpointer, VLTrainer, configure_cpu_memory
 
 
 def dataset_spec(text):

@@ -3,11 +3,12 @@
 Importing it registers the built-in datasets (see `datasets.register_all_builtin`).
 """
 
-from .datasets import load_vl_coco_json, register_all_builtin, register_from_config, register_vl_coco
+from .datasets import check_datasets, load_vl_coco_json, register_all_builtin, register_from_config, register_vl_coco
+from .loader import build_resumable_train_loader
 from .mapper import UnreadableImageError, VLDatasetMapper, build_vl_augmentation, transform_ocr_boxes
 from .ocr import OCRFormatError, PageOCR, load_ocr, save_ocr
 from .reading_order import reading_order
-from .tokens import OCRTokenizer, get_tokenizer, load_tokenizer, max_text_tokens, train_tokenizer
+from .tokens import OCRTokenizer, train_tokenizer
 
 __all__ = [
     "OCRFormatError",
@@ -15,12 +16,11 @@ __all__ = [
     "PageOCR",
     "UnreadableImageError",
     "VLDatasetMapper",
+    "build_resumable_train_loader",
     "build_vl_augmentation",
-    "get_tokenizer",
+    "check_datasets",
     "load_ocr",
-    "load_tokenizer",
     "load_vl_coco_json",
-    "max_text_tokens",
     "reading_order",
     "register_all_builtin",
     "register_from_config",

@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 __all__ = [
+    "check_datasets",
     "check_ocr_files",
     "load_vl_coco_json",
     "readable_bbox",
@@ -120,6 +121,47 @@ def check_ocr_files(records, dataset_names):
             f"the first: {missing[0]}. Make them with tools/ocr.py, or train those pages without text: "
             "INPUT.OCR.MISSING empty"
         )
+
+
+def check_datasets(cfg, splits=("TRAIN", "TEST")):
+    """
+    Raise a clear error, before anything is built, when DATASETS.TRAIN or DATASETS.TEST
+    (those of `splits`) names a dataset that is not registered, one whose COCO json is
+    not there, or, for a model that reads text with INPUT.OCR.MISSING "error", one whose
+    OCR folder is not there.
+    """
+    registered = set(DatasetCatalog.list())
+    needs_ocr = not cfg.MODEL.IMAGE_ONLY and cfg.INPUT.OCR.MISSING == "error"
+    problems, unknown = [], False
+    for key in splits:
+        for name in cfg.DATASETS[key]:
+            if name not in registered:
+                problems.append(f"DATASETS.{key} names {name!r}, which is not registered")
+                unknown = True
+                continue
+            metadata = MetadataCatalog.get(name)
+            json_file, ocr_root = metadata.get("json_file"), metadata.get("ocr_root")
+            if json_file and not os.path.isfile(json_file):
+                problems.append(f"dataset {name!r} (DATASETS.{key}): its json {json_file} does not exist")
+            if needs_ocr and ocr_root and not os.path.isdir(ocr_root):
+                problems.append(
+                    f"dataset {name!r} (DATASETS.{key}): its OCR folder {ocr_root} does not exist (make it with "
+                    f"tools/ocr.py --images {metadata.get('image_root')} --out {ocr_root}, or train without "
+                    "OCR on the pages that lack it: INPUT.OCR.MISSING empty)"
+                )
+    if not problems:
+        return
+    message = "; ".join(problems)
+    if unknown:
+        # detectron2's own built-ins (COCO, LVIS, Cityscapes, ...) would bury the relevant names.
+        builtin = {name for name in registered if DatasetCatalog[name].__module__.startswith("detectron2.")}
+        message += (
+            f". Registered datasets: {', '.join(sorted(registered - builtin)) or '(none)'} "
+            f"(plus {len(builtin)} detectron2 built-ins such as coco_2017_val). Register a COCO dataset "
+            "with --dataset NAME=JSON:IMAGE_ROOT[:OCR_ROOT] or DATASETS.REGISTER; the built-in ones "
+            "read $DETECTRON2_DATASETS (default ./datasets), see datasets/README.md."
+        )
+    raise KeyError(message)
 
 
 def register_vl_coco(name, json_file, image_root, ocr_root=None, thing_classes=None):

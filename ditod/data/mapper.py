@@ -11,7 +11,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .ocr import OCRFormatError, PageOCR, load_ocr
+from .ocr import OCRFormatError, PageOCR, fit_to_image, load_ocr
 from .tokens import OCRTokenizer
 
 __all__ = ["UnreadableImageError", "VLDatasetMapper", "build_vl_augmentation", "transform_ocr_boxes"]
@@ -25,7 +25,7 @@ DETR_PRE_CROP_SIZES = (400, 500, 600)
 def build_vl_augmentation(cfg, is_train):
     """
     detectron2's augmentations (multi-scale `ResizeShortestEdge`, `RandomFlip`) with the
-    crop of INPUT.CROP in training: with AUG.DETR, half of the pages are resized to a
+    crop of INPUT.CROP in training: with INPUT.CROP.DETR_STYLE, half of the pages are resized to a
     short side of 400/500/600 and cropped before the multi-scale resize (DETR's recipe);
     without it every page is cropped first, as detectron2's `DatasetMapper` does.
     """
@@ -33,7 +33,7 @@ def build_vl_augmentation(cfg, is_train):
     if not (is_train and cfg.INPUT.CROP.ENABLED):
         return augmentations
     crop = T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)
-    if cfg.AUG.DETR:
+    if cfg.INPUT.CROP.DETR_STYLE:
         pre_crop = T.ResizeShortestEdge(list(DETR_PRE_CROP_SIZES), sample_style="choice")
         crop = T.RandomApply(T.AugmentationList([pre_crop, crop]), prob=0.5)
     return [crop] + augmentations
@@ -139,13 +139,7 @@ class VLDatasetMapper(DatasetMapper):
         if page is not None:
             if not isinstance(page, PageOCR):
                 raise TypeError(f"{dataset_dict['file_name']}: 'ocr' must be a PageOCR, got {type(page).__name__}")
-            if (page.width, page.height) != image_size:
-                logger.warning(
-                    f"{dataset_dict['file_name']}: OCR of a {page.width}x{page.height} page, image is "
-                    f"{image_size[0]}x{image_size[1]}; rescaling its boxes to the image"
-                )
-                page = page.rescaled(*image_size)
-            return page
+            return fit_to_image(page, image_size, dataset_dict["file_name"])
         path = dataset_dict.get("ocr_file")
         try:
             if path is None:

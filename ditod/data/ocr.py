@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "OCRFormatError",
     "PageOCR",
+    "fit_to_image",
     "load_ocr",
     "save_ocr",
     "atomic_write",
@@ -215,14 +216,20 @@ def load_ocr(path, image_size: tuple[int, int] | None = None) -> PageOCR:
         problem = f"{len(boxes)} boxes for {len(words)} words (must be one box per word)"
         raise OCRFormatError(path, "bbox", problem)
     page = PageOCR(width, height, words, boxes, _scores(data.get("scores"), len(words), path))
+    return page if image_size is None else fit_to_image(page, image_size, path)
 
-    if image_size is not None and tuple(image_size) != (width, height):
-        logger.warning(
-            f"{path}: OCR made on a {width}x{height} page, image is {image_size[0]}x{image_size[1]}; "
-            "rescaling its boxes to the image"
-        )
-        page = page.rescaled(*image_size)
-    return page
+
+def fit_to_image(page: PageOCR, image_size: tuple[int, int], source) -> PageOCR:
+    """`page` on an image of `image_size` (width, height): as it is when the sizes agree,
+    else with its boxes rescaled to the image and a warning naming `source` (OCR made on
+    another resolution of the same page stays usable)."""
+    if (page.width, page.height) == tuple(image_size):
+        return page
+    logger.warning(
+        f"{source}: OCR made on a {page.width}x{page.height} page, image is {image_size[0]}x{image_size[1]}; "
+        "rescaling its boxes to the image"
+    )
+    return page.rescaled(*image_size)
 
 
 @contextlib.contextmanager

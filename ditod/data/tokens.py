@@ -7,7 +7,6 @@ word), and every token carries its line's box. The tokenizer is loaded once per
 process; words already seen are not tokenized again.
 """
 
-import functools
 import json
 import logging
 
@@ -16,16 +15,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LayoutLMv3Tokenizer, XLMRobertaTokenizer
 
-from ..modeling.backbone import build_layoutlmv3_config, from_hub_or_directory
+from ..layoutlmv3 import build_layoutlmv3_config, get_tokenizer, max_text_tokens
 from .reading_order import reading_order
 
-__all__ = [
-    "OCRTokenizer",
-    "get_tokenizer",
-    "load_tokenizer",
-    "max_text_tokens",
-    "train_tokenizer",
-]
+__all__ = ["OCRTokenizer", "train_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,28 +28,6 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 WORD_START = "\u2581"
 # What released LayoutLMv3 tokenizers declare; the model allows 512 text tokens.
 MODEL_MAX_LENGTH = 512
-
-
-@functools.cache
-def load_tokenizer(name):
-    """Load a tokenizer (hub id or directory) once per process."""
-    logger.info(f"Loading tokenizer {name}")
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    # From a folder without tokenizer files (a model saved alone) transformers builds
-    # a tokenizer of special tokens only, whose ids mean nothing to the model.
-    if len(tokenizer) <= len(tokenizer.all_special_ids):
-        raise ValueError(
-            f"{name} holds no tokenizer (its vocabulary has only the {len(tokenizer)} special tokens): "
-            "point MODEL.VIT.TOKENIZER at the tokenizer of the model"
-        )
-    return tokenizer
-
-
-def get_tokenizer(cfg):
-    """The tokenizer of MODEL.VIT.TOKENIZER (or MODEL.VIT.PRETRAINED); None when neither is set."""
-    key = "MODEL.VIT.TOKENIZER" if cfg.MODEL.VIT.TOKENIZER else "MODEL.VIT.PRETRAINED"
-    name = cfg.MODEL.VIT.TOKENIZER or cfg.MODEL.VIT.PRETRAINED
-    return from_hub_or_directory(key, name, load_tokenizer) if name else None
 
 
 def train_tokenizer(texts, out_dir, vocab_size=1000, kind="bpe"):
@@ -159,16 +130,6 @@ def train_tokenizer(texts, out_dir, vocab_size=1000, kind="bpe"):
     return AutoTokenizer.from_pretrained(out_dir)
 
 
-def max_text_tokens(cfg, tokenizer):
-    """Most text tokens (special tokens included) one page can give the model of `cfg`.
-
-    LayoutLMv3 numbers text positions from pad_token_id + 1, so a model with P position
-    embeddings takes P - pad_token_id - 1 tokens (512 for 514 positions and pad id 1).
-    """
-    config = build_layoutlmv3_config(cfg, tokenizer)
-    return config.max_position_embeddings - config.pad_token_id - 1
-
-
 # ---------------------------------------------------------------- page encoding
 
 
@@ -185,7 +146,7 @@ class OCRTokenizer:
         tokenizer: a Hugging Face tokenizer backed by the `tokenizers` library.
         max_tokens: token budget per page, special tokens not included; the lines
             are taken in order until it is spent (the last one possibly in part).
-        max_tokens_per_word: cap on the tokens of one OCR entry (a line); 0 = no cap.
+        max_tokens_per_line: cap on the tokens of one OCR entry (a line); 0 = no cap.
         order: "reading" (see `reading_order`) or "ocr" (as the OCR gave them).
         drop_unk: leave out tokens that are the tokenizer's unknown token.
         drop_leading_space: leave out the word-start marker "▁" when it is a token of
@@ -203,7 +164,7 @@ class OCRTokenizer:
         self,
         tokenizer,
         max_tokens=510,
-        max_tokens_per_word=0,
+        max_tokens_per_line=0,
         order="reading",
         drop_unk=True,
         drop_leading_space=True,
@@ -217,14 +178,14 @@ class OCRTokenizer:
                 f"{type(tokenizer).__name__} is not backed by the tokenizers library; "
                 "OCR tokenization needs a fast tokenizer"
             )
-        if max_tokens < 0 or max_tokens_per_word < 0:
+        if max_tokens < 0 or max_tokens_per_line < 0:
             raise ValueError(
-                f"INPUT.OCR.MAX_TOKENS ({max_tokens}) and MAX_TOKENS_PER_WORD ({max_tokens_per_word}) "
+                f"INPUT.OCR.MAX_TOKENS ({max_tokens}) and MAX_TOKENS_PER_LINE ({max_tokens_per_line}) "
                 "must not be negative"
             )
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
-        self.max_tokens_per_word = max_tokens_per_word
+        self.max_tokens_per_line = max_tokens_per_line
         self.order = order
         self.add_special_tokens = add_special_tokens
         self.cache_size = cache_size
@@ -250,7 +211,7 @@ class OCRTokenizer:
             )
         ocr = cfg.INPUT.OCR
         num_special = 2 if ocr.ADD_SPECIAL_TOKENS else 0
-        limit = max_text_tokens(cfg, tokenizer) - num_special
+        limit = max_text_tokens(build_layoutlmv3_config(cfg, tokenizer)) - num_special
         max_tokens = ocr.MAX_TOKENS
         if max_tokens > limit:
             logger.warning(
@@ -261,7 +222,7 @@ class OCRTokenizer:
         return cls(
             tokenizer,
             max_tokens=max_tokens,
-            max_tokens_per_word=ocr.MAX_TOKENS_PER_WORD,
+            max_tokens_per_line=ocr.MAX_TOKENS_PER_LINE,
             order=ocr.ORDER,
             drop_unk=ocr.DROP_UNK,
             drop_leading_space=ocr.DROP_LEADING_SPACE,
@@ -290,7 +251,7 @@ class OCRTokenizer:
         words = line.split()
         self._cache_words(words)
         ids = [i for word in words for i in self._word_ids[word]]
-        return ids[: self.max_tokens_per_word] if self.max_tokens_per_word else ids
+        return ids[: self.max_tokens_per_line] if self.max_tokens_per_line else ids
 
     def encode(self, lines, boxes):
         """

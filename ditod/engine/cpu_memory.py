@@ -37,15 +37,15 @@ def keep_freed_cpu_memory():
     # -1 disables trimming; 0 disables mmap for large requests (mallopt(3)).
     applied = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
     if applied:
-        logger.info("glibc malloc: large CPU tensors now reuse freed heap memory (CPU_KEEP_FREED_MEMORY)")
+        logger.info("glibc malloc: large CPU tensors now reuse freed heap memory (MODEL.CPU_KEEP_FREED_MEMORY)")
     else:
-        logger.warning("glibc refused the malloc settings of CPU_KEEP_FREED_MEMORY; running with its defaults")
+        logger.warning("glibc refused the malloc settings of MODEL.CPU_KEEP_FREED_MEMORY; running with its defaults")
     return applied
 
 
 def configure_cpu_memory(cfg):
     """Apply `keep_freed_cpu_memory` when the model runs on the CPU and
-    cfg.CPU_KEEP_FREED_MEMORY is on (off by default). Returns whether it was applied."""
-    if cfg.MODEL.DEVICE != "cpu" or not cfg.CPU_KEEP_FREED_MEMORY:
+    cfg.MODEL.CPU_KEEP_FREED_MEMORY is on (off by default). Returns whether it was applied."""
+    if cfg.MODEL.DEVICE != "cpu" or not cfg.MODEL.CPU_KEEP_FREED_MEMORY:
         return False
     return keep_freed_cpu_memory()

@@ -13,17 +13,20 @@ COCO bbox evaluation on what the loader reads.
 import contextlib
 import io
 import itertools
+import json
 import logging
+import math
 
 from torch import nn
 
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
 from ..data.datasets import readable_bbox
 from ..data.mapper import UnreadableImageError
 
-__all__ = ["UNREADABLE", "SkipUnreadablePages", "VLCOCOEvaluator", "map_or_mark_unreadable"]
+__all__ = ["UNREADABLE", "SkipUnreadablePages", "VLCOCOEvaluator", "map_or_mark_unreadable", "write_bbox_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +115,22 @@ class VLCOCOEvaluator(COCOEvaluator):
             img_ids = self._coco_api.getImgIds() if img_ids is None else img_ids
             img_ids = [i for i in img_ids if i not in left_out]
         return super().evaluate(img_ids=img_ids)
+
+
+def _json_number(value):
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def write_bbox_metrics(path, dataset_name, results):
+    """`metrics.json` of one dataset: COCO bbox AP, AP50, AP75, APs/m/l and per-class AP
+    (null where COCO cannot compute one, e.g. a class without instances)."""
+    bbox = results.get("bbox", {})
+    classes = MetadataCatalog.get(dataset_name).get("thing_classes", [])
+    metrics = {
+        "dataset": dataset_name,
+        **{key: _json_number(bbox.get(key)) for key in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+        "per_class_AP": {name: _json_number(bbox.get(f"AP-{name}")) for name in classes},
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+    logger.info(f"Wrote {path}")

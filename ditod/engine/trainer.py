@@ -17,7 +17,7 @@ sampling, dropout) from (SEED, rank, iteration, micro-batch). A run resumed at
 iteration k skips exactly the samples the interrupted run consumed (including
 those waiting in aspect-ratio buckets), so it reaches the same weights as an
 uninterrupted run whatever the number of data-loader workers (bit-exact on CPU;
-GPU kernels themselves may be non-deterministic). With SEED < 0 the run draws a seed
+GPU kernels themselves may be non-deterministic; the stream is `ditod.data.loader`'s). With SEED < 0 the run draws a seed
 once and keeps it in its checkpoints. One thing is not replayed: a page the mapper
 skips (an unreadable image, logged) shifts the batches of the run that met it.
 
@@ -28,121 +28,32 @@ read does not stop it: the page is left out, with a warning that names it (see
 """
 
 import contextlib
-import itertools
-import json
 import logging
 import math
 import os
-import re
 import time
 import weakref
 from functools import partial
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset, Sampler
 
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.data.common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
-from detectron2.solver import get_default_optimizer_params
-from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
-from ..data.datasets import check_ocr_files
+from ..data.loader import STEP_SEED, build_resumable_train_loader, derive_seed
 from ..data.mapper import VLDatasetMapper
 from .checkpoint import VLDetectionCheckpointer
-from .evaluation import SkipUnreadablePages, VLCOCOEvaluator, map_or_mark_unreadable
+from .evaluation import SkipUnreadablePages, VLCOCOEvaluator, map_or_mark_unreadable, write_bbox_metrics
+from .optimizer import build_optimizer
 
-__all__ = [
-    "AccumulatingTrainer",
-    "VLTrainer",
-    "build_resumable_train_loader",
-    "check_datasets",
-    "layoutlmv3_param_groups",
-    "transformer_lr_factor",
-]
+__all__ = ["AccumulatingTrainer", "VLTrainer"]
 
 logger = logging.getLogger(__name__)
-
-# Where the LayoutLMv3 transformer sits in the detector built by build_vit_fpn_backbone.
-TRANSFORMER_PREFIX = "backbone.bottom_up.layoutlmv3."
-# Transformer parameters of the embedding stage (text and patch embeddings and their norms).
-_EMBEDDING_NAMES = ("embeddings.", "patch_embed.", "cls_token", "pos_embed", "norm.", "LayerNorm.")
-# Tags that keep the seeds of different purposes apart.
-_SAMPLER_SEED, _DATA_SEED, _STEP_SEED = 0, 1, 2
-
-
-def derive_seed(*keys):
-    """A 32-bit seed determined by the non-negative integers `keys`."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
-
-
-# ------------------------------------------------------------------- optimizer
-def transformer_lr_factor(name, num_layers, multiplier=1.0, layer_decay=1.0):
-    """
-    Learning-rate factor of the parameter `name` (as in `model.named_parameters()`).
-
-    Transformer parameters (under `backbone.bottom_up.layoutlmv3.`) get `multiplier`
-    times a layer-wise decay (BEiT convention): encoder layer i (0-based) gets
-    layer_decay ** (num_layers - i), the embedding stage layer_decay ** (num_layers + 1).
-    Everything else (pyramid, fusion, FPN, heads) gets 1.
-    """
-    if not name.startswith(TRANSFORMER_PREFIX):
-        return 1.0
-    name = name[len(TRANSFORMER_PREFIX) :]
-    match = re.match(r"encoder\.layer\.(\d+)\.", name)
-    if match:
-        depth = int(match.group(1)) + 1
-    elif name.startswith(_EMBEDDING_NAMES):
-        depth = 0
-    else:
-        depth = num_layers + 1
-    return multiplier * layer_decay ** (num_layers + 1 - depth)
-
-
-def layoutlmv3_param_groups(model, base_lr, weight_decay, multiplier=1.0, layer_decay=1.0):
-    """
-    Optimizer parameter groups: `transformer_lr_factor` learning rates, and no weight
-    decay on norms, biases, position embeddings (pos_embed and the text/layout
-    position tables) and the CLS token.
-    """
-    transformer_layers = [
-        len(module.encoder.layer) for name, module in model.named_modules() if name + "." == TRANSFORMER_PREFIX
-    ]
-    if not transformer_layers and (multiplier != 1.0 or layer_decay != 1.0):
-        logger.warning(
-            f"The model has no {TRANSFORMER_PREFIX[:-1]}: SOLVER.BACKBONE_MULTIPLIER and "
-            "SOLVER.LAYER_DECAY have nothing to act on"
-        )
-    groups = get_default_optimizer_params(
-        model,
-        base_lr=base_lr,
-        weight_decay=weight_decay,
-        weight_decay_norm=0.0,
-        weight_decay_bias=0.0,
-        lr_factor_func=partial(
-            transformer_lr_factor,
-            num_layers=transformer_layers[0] if transformer_layers else 0,
-            multiplier=multiplier,
-            layer_decay=layer_decay,
-        ),
-        overrides={"pos_embed": {"weight_decay": 0.0}, "cls_token": {"weight_decay": 0.0}},
-    )
-    # The text position tables are nn.Embedding weights, out of reach of `overrides`;
-    # a later group overrides earlier ones for the same parameters.
-    tables = [
-        param
-        for name, module in model.named_modules()
-        if name.endswith("position_embeddings")
-        for param in module.parameters()
-        if param.requires_grad
-    ]
-    return reduce_param_groups(groups + [{"params": tables, "weight_decay": 0.0}])
 
 
 # ------------------------------------------------------------------- training loop
@@ -200,7 +111,7 @@ class AccumulatingTrainer(SimpleTrainer):
             data = next(self._data_loader_iter)
             data_time += time.perf_counter() - start
             if self.seed is not None:
-                seed_all_rng(derive_seed(self.seed, _STEP_SEED, comm.get_rank(), self.iter, micro))
+                seed_all_rng(derive_seed(self.seed, STEP_SEED, comm.get_rank(), self.iter, micro))
             with self._micro_step_context(micro):
                 with torch.autocast(self._device_type, dtype=self.amp_dtype, enabled=self.grad_scaler is not None):
                     loss_dict = self.model(data)
@@ -238,106 +149,6 @@ class AccumulatingTrainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
-# ------------------------------------------------------------------- data stream
-class _PositionedSampler(Sampler):
-    """
-    (position, dataset index) pairs of a detectron2 training sampler's stream (this
-    rank's share), leaving out the positions a resumed run already consumed: all
-    before `start` except those in `pending` (consumed but not yet batched).
-    """
-
-    def __init__(self, sampler, start=0, pending=()):
-        self._sampler = sampler
-        self._start = start
-        self._pending = frozenset(pending)
-
-    def __iter__(self):
-        for position, index in enumerate(self._sampler):
-            if position >= self._start or position in self._pending:
-                yield position, index
-
-
-class _PositionedRecords(Dataset):
-    """Dataset dicts looked up by (position, index); the position travels along."""
-
-    def __init__(self, records):
-        self._records = DatasetFromList(records, copy=False)
-
-    def __len__(self):
-        return len(self._records)
-
-    def __getitem__(self, key):
-        position, index = key
-        return position, self._records[index]
-
-
-def _map_seeded(item, mapper, seed, rank):
-    """Map one sample with every RNG seeded from its stream position."""
-    position, record = item
-    seed_all_rng(derive_seed(seed, _DATA_SEED, rank, position))
-    return mapper(record)
-
-
-def _resume_point(sampler, records, batch_size, num_batches, aspect_ratio_grouping):
-    """
-    Where the stream stands after `num_batches` batches: the first position not yet
-    read, and the positions read but still waiting in an aspect-ratio bucket. Replays
-    detectron2's grouping on the records' sizes, without loading any image.
-    """
-    if num_batches == 0:
-        return 0, ()
-    if not aspect_ratio_grouping:
-        return num_batches * batch_size, ()
-    sizes = [{"width": r["width"], "height": r["height"]} for r in records]
-    stream = ({**sizes[index], "position": position} for position, index in enumerate(sampler))
-    batched, end = set(), 0
-    for batch in itertools.islice(AspectRatioGroupedDataset(stream, batch_size), num_batches):
-        batched.update(item["position"] for item in batch)
-        end = batch[-1]["position"] + 1
-    return end, sorted(set(range(end)) - batched)
-
-
-def build_resumable_train_loader(cfg, mapper, start_batch=0, seed=None):
-    """
-    detectron2's train loader (DATASETS.TRAIN, DATALOADER.SAMPLER_TRAIN, aspect-ratio
-    grouping, workers) whose sample stream is a function of `seed` alone, started
-    after its first `start_batch` batches (see the module docstring).
-
-    Args:
-        cfg: the config; the loader's batch is IMS_PER_BATCH / GRADIENT_ACCUMULATION_STEPS.
-        seed: None: SEED when >= 0, else a random seed shared by all processes.
-    """
-    if seed is None:
-        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-    # detectron2's samplers without an explicit seed shuffle with comm.shared_random_seed(),
-    # drawn from numpy's RNG: seeded here so that every run shuffles alike.
-    np.random.seed(derive_seed(seed, _SAMPLER_SEED))
-    kwargs = build_detection_train_loader.from_config(cfg, mapper=mapper)
-    if not cfg.MODEL.IMAGE_ONLY and cfg.INPUT.OCR.MISSING == "error":
-        check_ocr_files(kwargs["dataset"], cfg.DATASETS.TRAIN)
-    total_batch = cfg.SOLVER.IMS_PER_BATCH // cfg.SOLVER.GRADIENT_ACCUMULATION_STEPS
-    batch_size = total_batch // comm.get_world_size()
-    grouping = kwargs["aspect_ratio_grouping"]
-    start, pending = _resume_point(kwargs["sampler"], kwargs["dataset"], batch_size, start_batch, grouping)
-    if start_batch:
-        logger.info(f"Resuming the training stream after {start_batch} batches (sample position {start})")
-    # One sample per worker turn with grouping (the grouping then sees the stream in
-    # order, whatever the number of workers), whole batches per worker without.
-    stream = ToIterableDataset(
-        _PositionedRecords(kwargs["dataset"]),
-        _PositionedSampler(kwargs["sampler"], start, pending),
-        shard_chunk_size=1 if grouping else batch_size,
-    )
-    dataset = MapDataset(stream, partial(_map_seeded, mapper=mapper, seed=seed, rank=comm.get_rank()))
-    return build_detection_train_loader(
-        dataset,
-        mapper=None,
-        total_batch_size=total_batch,
-        aspect_ratio_grouping=grouping,
-        num_workers=kwargs["num_workers"],
-    )
-
-
 # ------------------------------------------------------------------- evaluation
 class _BestCheckpointer(hooks.BestCheckpointer):
     """`hooks.BestCheckpointer` that keeps its best score across `--resume` (trainer state)."""
@@ -358,67 +169,6 @@ class _BestCheckpointer(hooks.BestCheckpointer):
         self.best_iter = state_dict["best_iter"]
 
 
-def _json_number(value):
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def write_bbox_metrics(path, dataset_name, results):
-    """`metrics.json` of one dataset: COCO bbox AP, AP50, AP75, APs/m/l and per-class AP
-    (null where COCO cannot compute one, e.g. a class without instances)."""
-    bbox = results.get("bbox", {})
-    classes = MetadataCatalog.get(dataset_name).get("thing_classes", [])
-    metrics = {
-        "dataset": dataset_name,
-        **{key: _json_number(bbox.get(key)) for key in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
-        "per_class_AP": {name: _json_number(bbox.get(f"AP-{name}")) for name in classes},
-    }
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-    logger.info(f"Wrote {path}")
-
-
-# ------------------------------------------------------------------- datasets
-def check_datasets(cfg, splits=("TRAIN", "TEST")):
-    """
-    Raise a clear error, before anything is built, when DATASETS.TRAIN or DATASETS.TEST
-    (those of `splits`) names a dataset that is not registered, one whose COCO json is
-    not there, or, for a model that reads text with INPUT.OCR.MISSING "error", one whose
-    OCR folder is not there.
-    """
-    registered = set(DatasetCatalog.list())
-    needs_ocr = not cfg.MODEL.IMAGE_ONLY and cfg.INPUT.OCR.MISSING == "error"
-    problems, unknown = [], False
-    for key in splits:
-        for name in cfg.DATASETS[key]:
-            if name not in registered:
-                problems.append(f"DATASETS.{key} names {name!r}, which is not registered")
-                unknown = True
-                continue
-            metadata = MetadataCatalog.get(name)
-            json_file, ocr_root = metadata.get("json_file"), metadata.get("ocr_root")
-            if json_file and not os.path.isfile(json_file):
-                problems.append(f"dataset {name!r} (DATASETS.{key}): its json {json_file} does not exist")
-            if needs_ocr and ocr_root and not os.path.isdir(ocr_root):
-                problems.append(
-                    f"dataset {name!r} (DATASETS.{key}): its OCR folder {ocr_root} does not exist (make it with "
-                    f"tools/ocr.py --images {metadata.get('image_root')} --out {ocr_root}, or train without "
-                    "OCR on the pages that lack it: INPUT.OCR.MISSING empty)"
-                )
-    if not problems:
-        return
-    message = "; ".join(problems)
-    if unknown:
-        # detectron2's own built-ins (COCO, LVIS, Cityscapes, ...) would bury the relevant names.
-        builtin = {name for name in registered if DatasetCatalog[name].__module__.startswith("detectron2.")}
-        message += (
-            f". Registered datasets: {', '.join(sorted(registered - builtin)) or '(none)'} "
-            f"(plus {len(builtin)} detectron2 built-ins such as coco_2017_val). Register a COCO dataset "
-            "with --dataset NAME=JSON:IMAGE_ROOT[:OCR_ROOT] or DATASETS.REGISTER; the built-in ones "
-            "read $DETECTRON2_DATASETS (default ./datasets), see datasets/README.md."
-        )
-    raise KeyError(message)
-
-
 # ------------------------------------------------------------------- trainer
 class VLTrainer(DefaultTrainer):
     """
@@ -426,11 +176,19 @@ class VLTrainer(DefaultTrainer):
     AMP (CUDA only), full-model gradient clipping, gradient accumulation, the
     `VLDatasetMapper`, COCO bbox evaluation keeping `model_best.pth`, exactly
     resumable training, `VLDetectionCheckpointer`.
+
+    It uses DefaultTrainer's hooks, `build_*` class methods, `resume_or_load`, `train`
+    and `test`, but not its constructor, which cannot be configured for what this
+    trainer needs: it builds the data loader at once (the resumable stream must know the
+    start iteration, known only after `resume_or_load`), picks its loop class from
+    SOLVER.AMP (`AMPTrainer`/`SimpleTrainer`; ours accumulates micro-batches, clips the
+    whole model's gradients and seeds each micro-batch), hard-codes the checkpointer
+    class (`DetectionCheckpointer`, which reads `.pth` files unsafely and does not save
+    the class names), and passes GPU-only DDP arguments (CPU runs use GLOO). So
+    `__init__` builds the same parts, as DefaultTrainer does, with these differences.
     """
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ hard-wires the loop (Simple/AMPTrainer), the
-        # checkpointer class and GPU-only DDP arguments, so the parts are built here.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -510,26 +268,8 @@ class VLTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        solver = cfg.SOLVER
-        params = layoutlmv3_param_groups(
-            model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.BACKBONE_MULTIPLIER, solver.LAYER_DECAY
-        )
-        if solver.OPTIMIZER == "AdamW":
-            optimizer = torch.optim.AdamW(params, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
-        elif solver.OPTIMIZER == "SGD":
-            optimizer = torch.optim.SGD(
-                params,
-                lr=solver.BASE_LR,
-                momentum=solver.MOMENTUM,
-                nesterov=solver.NESTEROV,
-                weight_decay=solver.WEIGHT_DECAY,
-            )
-        else:
-            raise ValueError(f"SOLVER.OPTIMIZER must be 'AdamW' or 'SGD', got {solver.OPTIMIZER!r}")
-        if solver.CLIP_GRADIENTS.ENABLED and solver.CLIP_GRADIENTS.CLIP_TYPE != "full_model":
-            # detectron2's per-parameter "value" / "norm" clipping.
-            optimizer = maybe_add_gradient_clipping(cfg, optimizer)
-        return optimizer
+        """`ditod.engine.optimizer.build_optimizer`: the recipe's parameter groups."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg, start_batch=0, seed=None):

@@ -1,4 +1,4 @@
-from .backbone import LayoutLMv3Backbone, build_layoutlmv3_config, build_layoutlmv3_model, build_vit_fpn_backbone
+from .backbone import LayoutLMv3Backbone, build_vit_fpn_backbone
 from .fusion import TextFusion, paint_tokens
 from .rcnn_vl import VLGeneralizedRCNN
 
@@ -6,8 +6,6 @@ __all__ = [
     "LayoutLMv3Backbone",
     "TextFusion",
     "VLGeneralizedRCNN",
-    "build_layoutlmv3_config",
-    "build_layoutlmv3_model",
     "build_vit_fpn_backbone",
     "paint_tokens",
 ]

@@ -4,55 +4,26 @@ back onto the pyramid and mixed in, then detectron2's FPN."""
 
 import functools
 import logging
-import os
 import re
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
-from transformers import LayoutLMv3Config, LayoutLMv3Model
 from transformers.masking_utils import create_bidirectional_mask
 
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
+from ..layoutlmv3 import build_layoutlmv3_model, get_tokenizer, max_text_tokens
 from .fusion import build_text_fusion
 
-__all__ = [
-    "LayoutLMv3Backbone",
-    "build_layoutlmv3_config",
-    "build_layoutlmv3_model",
-    "build_vit_fpn_backbone",
-]
+__all__ = ["LayoutLMv3Backbone", "build_vit_fpn_backbone"]
 
 logger = logging.getLogger(__name__)
 
-# (hidden size, layers, heads, intermediate size) of the released checkpoints.
-SIZE_PRESETS = {
-    "layoutlmv3_base": (768, 12, 12, 3072),
-    "layoutlmv3_large": (1024, 24, 16, 4096),
-}
 PYRAMID_STRIDES = (4, 8, 16, 32)
-
-
-def from_hub_or_directory(key, name, load):
-    """`load(name)` for the config key `key` naming a hub id or a local directory; a
-    clear error naming the key when neither has it (transformers' own error for a
-    missing directory complains about the form of repo ids)."""
-    if name.startswith((os.sep, ".")) and not os.path.isdir(name):
-        raise ValueError(f"{key} {name}: no such directory")
-    try:
-        return load(name)
-    except (OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0]
-        if os.path.isdir(name):
-            raise ValueError(f"{key} {name}: cannot be loaded from this directory ({reason})") from e
-        raise ValueError(
-            f"{key} {name!r}: not a local directory, and the Hugging Face hub has nothing under this "
-            f"name or cannot be reached ({reason})"
-        ) from e
 
 
 def _layer_index(name):
@@ -60,118 +31,6 @@ def _layer_index(name):
     if match is None:
         raise ValueError(f"MODEL.VIT.OUT_FEATURES entries must look like 'layer7', got {name!r}")
     return int(match.group(1))
-
-
-def layout_embedding_sizes(hidden):
-    """
-    Sizes of LayoutLMv3's x/y coordinate and h/w shape embeddings, concatenated as
-    x0, y0, x1, y1, h, w into `hidden` (an even number) features: a sixth each, the
-    coordinates rounded up, as in the released checkpoints (base 768: 128 and 128;
-    large 1024: 171 and 170).
-    """
-    coordinate = -(-hidden // 6)
-    return coordinate, (hidden - 4 * coordinate) // 2
-
-
-def build_layoutlmv3_config(cfg, tokenizer=None):
-    """
-    The `LayoutLMv3Config` described by `cfg`: read from MODEL.VIT.PRETRAINED when set,
-    otherwise from the size keys; relative 1D/2D attention biases off.
-    """
-    vit = cfg.MODEL.VIT
-    if vit.PRETRAINED:
-        config = from_hub_or_directory("MODEL.VIT.PRETRAINED", vit.PRETRAINED, LayoutLMv3Config.from_pretrained)
-    else:
-        if vit.NAME == "layoutlmv3_custom":
-            hidden, layers, heads, intermediate = (
-                vit.HIDDEN_SIZE,
-                vit.NUM_LAYERS,
-                vit.NUM_HEADS,
-                vit.INTERMEDIATE_SIZE,
-            )
-        elif vit.NAME in SIZE_PRESETS:
-            hidden, layers, heads, intermediate = SIZE_PRESETS[vit.NAME]
-        else:
-            raise ValueError(
-                f"MODEL.VIT.NAME must be one of {sorted(SIZE_PRESETS) + ['layoutlmv3_custom']}, got {vit.NAME!r}"
-            )
-        if hidden % 2 or hidden < 6 or hidden % heads:
-            raise ValueError(
-                f"MODEL.VIT.HIDDEN_SIZE {hidden} must be even and at least 6 (layout embeddings) "
-                f"and divisible by MODEL.VIT.NUM_HEADS {heads}"
-            )
-        coordinate, shape = layout_embedding_sizes(hidden)
-        config = LayoutLMv3Config(
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=intermediate,
-            coordinate_size=coordinate,
-            shape_size=shape,
-            vocab_size=len(tokenizer) if tokenizer is not None else vit.VOCAB_SIZE,
-            max_position_embeddings=vit.MAX_POSITION_EMBEDDINGS,
-            patch_size=vit.PATCH_SIZE,
-            input_size=vit.INPUT_SIZE,
-            hidden_dropout_prob=vit.HIDDEN_DROPOUT,
-            attention_probs_dropout_prob=vit.ATTENTION_DROPOUT,
-        )
-        if tokenizer is not None and tokenizer.pad_token_id is not None:
-            config.pad_token_id = tokenizer.pad_token_id
-    # Relative position biases are (B, heads, N, N) tensors: they do not scale to the
-    # thousands of tokens of a detection-size page.
-    config.has_relative_attention_bias = False
-    config.has_spatial_attention_bias = False
-    config.visual_embed = True
-    config.text_embed = not cfg.MODEL.IMAGE_ONLY
-    return config
-
-
-def _check_tokenizer(config, tokenizer, source):
-    if tokenizer is None:
-        return
-    if len(tokenizer) > config.vocab_size:
-        raise ValueError(
-            f"The tokenizer has {len(tokenizer)} tokens but the model {source} has a vocabulary "
-            f"of {config.vocab_size}: its ids would not fit. Set MODEL.VIT.TOKENIZER to the "
-            "tokenizer the checkpoint was trained with."
-        )
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != config.pad_token_id:
-        raise ValueError(
-            f"The tokenizer pads with id {tokenizer.pad_token_id} but the model {source} expects {config.pad_token_id}."
-        )
-
-
-def build_layoutlmv3_model(cfg, tokenizer=None):
-    """A `LayoutLMv3Model` as `cfg` describes it, with pretrained weights when
-    MODEL.VIT.PRETRAINED is set (`from_pretrained` semantics)."""
-    config = build_layoutlmv3_config(cfg, tokenizer)
-    attention = cfg.MODEL.VIT.ATTENTION
-    if attention not in ("sdpa", "eager"):
-        raise ValueError(f"MODEL.VIT.ATTENTION must be 'sdpa' or 'eager', got {attention!r}")
-    pretrained = cfg.MODEL.VIT.PRETRAINED
-    if pretrained:
-        _check_tokenizer(config, tokenizer, pretrained)
-        logger.info(f"Loading LayoutLMv3 weights from {pretrained}")
-        model = LayoutLMv3Model.from_pretrained(pretrained, config=config, attn_implementation=attention)
-    else:
-        model = LayoutLMv3Model._from_config(config, attn_implementation=attention)
-        # transformers starts pos_embed at zero (it expects pretrained weights); a model
-        # trained from scratch learns much faster when patches know where they are.
-        with torch.no_grad():
-            model.pos_embed[:, 1:] = sincos_position_embeddings(model.patch_embed.patch_shape, config.hidden_size)
-    return model
-
-
-def sincos_position_embeddings(grid, channels):
-    """2D sine-cosine position embeddings (MAE), (H*W, channels): a quarter of the
-    channels each for sin(y), cos(y), sin(x), cos(x) at geometric frequencies."""
-    quarter = channels // 4
-    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    y, x = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-    angles_y = y.reshape(-1, 1) * frequencies
-    angles_x = x.reshape(-1, 1) * frequencies
-    table = torch.cat([angles_y.sin(), angles_y.cos(), angles_x.sin(), angles_x.cos()], dim=1)
-    return torch.nn.functional.pad(table, (0, channels - 4 * quarter)).float()
 
 
 class LayoutLMv3Backbone(Backbone):
@@ -240,9 +99,8 @@ class LayoutLMv3Backbone(Backbone):
 
     @property
     def max_text_tokens(self):
-        """Most text tokens one page can carry: position ids start after the padding id."""
-        config = self.layoutlmv3.config
-        return config.max_position_embeddings - config.pad_token_id - 1
+        """Most text tokens one page can carry (`ditod.layoutlmv3.max_text_tokens`)."""
+        return max_text_tokens(self.layoutlmv3.config)
 
     def patch_position_embeddings(self, grid):
         """The patch position embeddings resized (bicubic) to `grid`, as (1, C, Hp, Wp).
@@ -331,8 +189,6 @@ class LayoutLMv3Backbone(Backbone):
 @BACKBONE_REGISTRY.register()
 def build_vit_fpn_backbone(cfg, input_shape):
     """detectron2's FPN (p2..p6, LastLevelMaxPool) over `LayoutLMv3Backbone`."""
-    from ..data.tokens import get_tokenizer
-
     tokenizer = None if cfg.MODEL.IMAGE_ONLY else get_tokenizer(cfg)
     model = build_layoutlmv3_model(cfg, tokenizer)
     strides = dict(zip(cfg.MODEL.VIT.OUT_FEATURES, PYRAMID_STRIDES))
@@ -345,7 +201,7 @@ def build_vit_fpn_backbone(cfg, input_shape):
     )
     return FPN(
         bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        in_features=cfg.MODEL.FPN.IN_FEATURES or cfg.MODEL.VIT.OUT_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),

@@ -457,7 +457,7 @@ def build_text_fusion(cfg, channels, strides):
     mode = cfg.MODEL.TEXT_FUSION.MODE
     if mode not in ("gated", "add", "none"):
         raise ValueError(f"MODEL.TEXT_FUSION.MODE must be gated, add or none, got {mode!r}")
-    levels = [] if (cfg.MODEL.IMAGE_ONLY or mode == "none") else list(cfg.MODEL.TEXT_FUSION.LEVELS)
+    levels = [] if (cfg.MODEL.IMAGE_ONLY or mode == "none") else list(cfg.MODEL.TEXT_FUSION.LEVELS or strides)
     unknown = [name for name in levels if name not in strides]
     if unknown:
         raise ValueError(f"MODEL.TEXT_FUSION.LEVELS {unknown} are not among MODEL.VIT.OUT_FEATURES {list(strides)}")

@@ -2,18 +2,10 @@
 
 from dataclasses import dataclass
 
-CATEGORIES = (
-    "Text",
-    "Title",
-    "Figure",
-    "Figure caption",
-    "Table",
-    "Table caption",
-    "Header",
-    "Footer",
-    "Reference",
-    "Equation",
-)
+from ..datasets import CDLA_CLASSES
+
+# The generator annotates its pages with CDLA's classes.
+CATEGORIES = tuple(CDLA_CLASSES)
 CATEGORY_IDS = {name: index + 1 for index, name in enumerate(CATEGORIES)}
 LANGUAGES = ("en", "zh", "mixed")
 
