@@ -6,18 +6,23 @@ Importing it registers the built-in datasets (see `datasets.register_all_builtin
 from .datasets import load_vl_coco_json, register_all_builtin, register_from_config, register_vl_coco
 from .mapper import UnreadableImageError, VLDatasetMapper, build_vl_augmentation, transform_ocr_boxes
 from .ocr import OCRFormatError, PageOCR, load_ocr, save_ocr
+from .pages import LoadedPage, Page, collect_pages, load_page
 from .reading_order import reading_order
 from .tokens import OCRTokenizer, get_tokenizer, load_tokenizer, max_text_tokens, train_tokenizer
 
 __all__ = [
     "OCRFormatError",
     "OCRTokenizer",
+    "LoadedPage",
+    "Page",
     "PageOCR",
     "UnreadableImageError",
     "VLDatasetMapper",
     "build_vl_augmentation",
+    "collect_pages",
     "get_tokenizer",
     "load_ocr",
+    "load_page",
     "load_tokenizer",
     "load_vl_coco_json",
     "max_text_tokens",
