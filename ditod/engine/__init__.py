@@ -1,9 +1,11 @@
-"""Training, evaluation and checkpoint loading."""
+"""Training, evaluation, checkpoint loading and inference (the predictor, ordered blocks, collections)."""
 
 from .blocks import Block, Detection, TextLine, blocks_markdown, ordered_blocks
-from .checkpoint import VLDetectionCheckpointer, convert_original_layout
+from .checkpoint import VLDetectionCheckpointer, checkpoint_info, convert_original_layout
+from .collection import PageWriter, ResultsLog, predict_pages
 from .cpu_memory import configure_cpu_memory, keep_freed_cpu_memory
 from .evaluation import VLCOCOEvaluator
+from .predictor import PagePrediction, VLPredictor, model_classes
 from .trainer import (
     AccumulatingTrainer,
     VLTrainer,
@@ -17,17 +19,24 @@ __all__ = [
     "AccumulatingTrainer",
     "Block",
     "Detection",
+    "PagePrediction",
+    "PageWriter",
+    "ResultsLog",
     "TextLine",
     "VLCOCOEvaluator",
     "VLDetectionCheckpointer",
+    "VLPredictor",
     "VLTrainer",
     "blocks_markdown",
     "build_resumable_train_loader",
     "check_datasets",
+    "checkpoint_info",
     "configure_cpu_memory",
     "convert_original_layout",
     "keep_freed_cpu_memory",
     "layoutlmv3_param_groups",
+    "model_classes",
     "ordered_blocks",
+    "predict_pages",
     "transformer_lr_factor",
 ]
