@@ -3,8 +3,9 @@ written as soon as it is done, so that a killed run keeps what it finished.
 
 Under the output folder, per page (named as `ditod.data.pages` names it):
 
-    <name>.json    the page: where it came from, its size, its OCR source, its blocks in
-                   reading order with their text, the OCR lines outside every block
+    <name>.json    the page (with the "json" format): where it came from, its size, its
+                   OCR source, its blocks in reading order with their text, the OCR lines
+                   outside every block
     <name>.md      the page as Markdown (with the "markdown" format)
     <name>.png     the page with the blocks drawn (reading-order index, class, score), its
                    long side at most `draw_size` pixels (0: the page's own size)
@@ -28,9 +29,6 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from detectron2.utils.colormap import colormap
-from detectron2.utils.visualizer import Visualizer
-
 from ..data.ocr import atomic_write, save_ocr
 from ..data.pages import LoadedPage, Page, load_page
 from .predictor import PagePrediction, VLPredictor
@@ -45,6 +43,10 @@ FORMATS = ("json", "markdown")
 def draw_blocks(image: np.ndarray, prediction: PagePrediction, class_names, max_size: int = 2000) -> np.ndarray:
     """The page (RGB) with its blocks drawn (reading-order index, class name, score), scaled
     down so that its long side is at most `max_size` pixels (0: its own size)."""
+    # Imported here: matplotlib is needed for drawing only, not by `import ditod.engine`.
+    from detectron2.utils.colormap import colormap
+    from detectron2.utils.visualizer import Visualizer
+
     height, width = image.shape[:2]
     scale = min(1.0, max_size / max(height, width)) if max_size else 1.0
     if scale < 1.0:

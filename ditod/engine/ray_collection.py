@@ -4,8 +4,9 @@ Two stages, streamed: `PageLoader` actors (one CPU each) read or render each pag
 its OCR (OCR json, PDF text layer, or OCR on the fly), and `PagePredictor` actors (one
 GPU each, one per GPU of the cluster; without GPUs, half of the CPUs) run the
 `VLPredictor` on batches of pages and write each page's files. The driver gets each
-page's record as it finishes; the outputs are those of `ditod.engine.collection`, so the
-output folder must be one that every node can write (a shared file system).
+page's record as it finishes; the outputs are those of `ditod.engine.collection`. The
+pages, their OCR jsons and the output folder must be where every node can read and write
+them (a shared file system).
 """
 
 import contextlib
