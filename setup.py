@@ -44,7 +44,9 @@ setup(
         "pymupdf",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-timeout", "ruff==0.17.6"],
+        # ray: tests of tools/infer.py --ray on a local instance.
+        "dev": ["pytest", "pytest-timeout", "ruff==0.17.6", "ray[data]>=2.40"],
         "paddle": ["paddleocr"],
+        "ray": ["ray[data]>=2.40"],  # tools/infer.py --ray: collections on a Ray cluster
     },
 )

@@ -20,3 +20,50 @@ def tiny_cfg(*overrides):
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Two synthetic pages (400 px high) with OCR, a tokenizer, and the weights of a randomly
+    initialised tiny text model: (root folder, config overrides, config); the weights are
+    root/weights.pth, the pages root/val/images (COCO json root/val.json, registered as
+    infer_val), their OCR root/val/ocr. One per session: the dataset name is registered once."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.env import seed_all_rng
+
+    from ditod.data import load_ocr, register_from_config, train_tokenizer
+    from ditod.data.synthetic import SyntheticOptions, generate_split
+    from ditod.engine import VLDetectionCheckpointer
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    generate_split(str(root), "val", 2, seed=2, options=SyntheticOptions(height=400))
+    lines = [line for path in sorted((root / "val" / "ocr").glob("*.json")) for line in load_ocr(path).words]
+    train_tokenizer(lines, str(root / "tokenizer"), vocab_size=400)
+    opts = [
+        "MODEL.VIT.TOKENIZER",
+        str(root / "tokenizer"),
+        "DATASETS.REGISTER",
+        repr([["infer_val", str(root / "val.json"), str(root / "val" / "images"), ""]]),
+        "DATASETS.TEST",
+        '("infer_val",)',
+    ]
+    cfg = tiny_cfg(*opts)
+    register_from_config(cfg)
+    seed_all_rng(0)
+    VLDetectionCheckpointer(build_model(cfg), save_dir=str(root)).save("weights")
+    return root, opts, cfg
+
+
+@pytest.fixture(scope="session")
+def two_page_pdf(tmp_path_factory):
+    """report.pdf: two 300 x 420 pt pages with a text layer ("Chapter 1", "Chapter 2" and a line)."""
+    import pymupdf
+
+    path = tmp_path_factory.mktemp("pdf") / "report.pdf"
+    with pymupdf.open() as document:
+        for number in (1, 2):
+            page = document.new_page(width=300, height=420)
+            page.insert_text((30, 50), f"Chapter {number}", fontsize=16)
+            page.insert_text((30, 90), "Layout analysis finds the regions of a page.", fontsize=9)
+        document.save(path)
+    return path

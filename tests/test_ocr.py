@@ -357,14 +357,6 @@ def json_files(out):
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json"))
 
 
-def test_shards_split_keys_without_overlap(ocr_tool):
-    keys = [f"dir{i % 7}/page_{i:05d}.png" for i in range(3000)]
-    shards = [{k for k in keys if ocr_tool.in_shard(k, (s, 3))} for s in range(3)]
-    assert set().union(*shards) == set(keys)
-    assert sum(map(len, shards)) == len(keys)
-    assert all(800 < len(s) < 1200 for s in shards)
-
-
 def test_tool_resumes_and_shards_in_process(tmp_path, ocr_tool, capsys):
     words = make_image_folder(tmp_path / "images")
     out = tmp_path / "ocr"
@@ -429,6 +421,24 @@ def test_tool_renders_pdf_pages_with_text_layer_and_ocr_fallback(tmp_path, ocr_t
 
     assert ocr_tool.main(args) == 1
     assert "2 skipped" in capsys.readouterr().out
+
+
+def test_tool_lists_pdfs_without_pages_and_pages_that_render_blank(tmp_path, ocr_tool, capsys):
+    (tmp_path / "empty.pdf").write_bytes(
+        b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
+        b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+    )
+    doc = pymupdf.open()
+    doc.new_page(width=400, height=300).insert_text((50, 100), "Visible", fontsize=16)
+    doc.new_page(width=400, height=300).insert_text((50, 100), "Invisible", fontsize=16, render_mode=3)
+    doc.save(tmp_path / "ghost.pdf")
+    args = ["--pdf", str(tmp_path / "empty.pdf"), str(tmp_path / "ghost.pdf"), "--out", str(tmp_path / "out")]
+    assert ocr_tool.main(args) == 1
+    summary = capsys.readouterr().out
+    assert "1 pages" in summary and "2 failed" in summary
+    assert f"{tmp_path / 'empty.pdf'}: the PDF has no pages" in summary
+    assert "ghost_p0002.png: ValueError: page 2 renders blank although it has text" in summary
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ghost_p0001.json", "ghost_p0001.png"]
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ run, since these machines are shared and noisy):
          jsons cached), with text vs image-only, training augmentations of the recipe.
   ocr    tools/ocr.py pages/s on the PubLayNet sample pages with 1 and 2 workers, and
          the share of time per stage.
-  infer  seconds per page of tools/infer.py's detector (OCR and model separately)
+  infer  seconds per page of the predictor (ditod.engine.VLPredictor; OCR and model separately)
          for the tiny and the base model.
 
 The sample pages (data, ocr, infer) are those of --samples: a folder of page images
@@ -441,7 +441,10 @@ def bench_data(args):
 def bench_infer(args):
     from detectron2.modeling import build_model
 
-    infer = load_tool("infer")
+    from ditod import load_config
+    from ditod.data.pages import read_rgb_image
+    from ditod.engine import VLPredictor
+
     ocr_dir = publaynet_ocr(args.samples)
     tokenizer = samples_tokenizer(ocr_dir)
     pages = sorted(args.samples.glob("*.jpg"))[: max(3, args.repeats + 2)]
@@ -455,8 +458,6 @@ def bench_infer(args):
     }
     with tempfile.TemporaryDirectory() as scratch:
         for name, (config_file, overrides) in configs.items():
-            from ditod import load_config
-
             cfg = load_config(str(config_file))
             cfg.MODEL.DEVICE = args.device
             cfg.MODEL.VIT.TOKENIZER = str(tokenizer)
@@ -464,16 +465,17 @@ def bench_infer(args):
                 cfg.merge_from_list([key, value])
             weights = Path(scratch) / f"{name}.pth"
             torch.save({"model": build_model(cfg).state_dict()}, weights)
-            detector = infer.Detector(cfg, str(weights), "rapidocr", 144)
-            page = infer.Page(source=pages[0], name=pages[0].stem, index=None, ocr_file=None)
-            record, _, _ = detector.page_input(page, Path(scratch))  # warm-up (engines, caches)
-            detector(record)
-            detector.seconds.clear()
+            classes = [f"class {i}" for i in range(cfg.MODEL.ROI_HEADS.NUM_CLASSES)]
+            predictor = VLPredictor(cfg, str(weights), input_format="RGB", classes=classes)
+            predictor(read_rgb_image(pages[0]))  # warm-up (engines, caches)
+            seconds = {}
             for path in pages:
-                page = infer.Page(source=path, name=path.stem, index=None, ocr_file=None)
-                record, _, _ = detector.page_input(page, Path(scratch))
-                detector(record)
-            results[name] = {stage: s / len(pages) for stage, s in detector.seconds.items()}
+                start = time.perf_counter()
+                image = read_rgb_image(path)
+                seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - start
+                for stage, s in predictor(image).seconds.items():
+                    seconds[stage] = seconds.get(stage, 0.0) + s
+            results[name] = {stage: s / len(pages) for stage, s in seconds.items()}
             log(f"infer {name}: {results[name]}")
     return results
 
@@ -590,7 +592,7 @@ def markdown(report):
         if "infer" in sections:
             i = sections["infer"]
             lines += [
-                f"### Inference (tools/infer.py detector, {i['pages']} PubLayNet pages; {i['note']})",
+                f"### Inference (ditod.engine.VLPredictor, {i['pages']} PubLayNet pages; {i['note']})",
                 "",
                 f"Command: `python tools/bench.py --sections infer --device {device}`",
                 "",

@@ -16,7 +16,6 @@ the exit status is 1; the other pages are done all the same.
 """
 
 import argparse
-import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -35,10 +34,9 @@ from tqdm import tqdm
 from detectron2.data.detection_utils import read_image
 
 from ditod.data.ocr import OCR_ENGINES, atomic_write, build_ocr_engine, read_pdf_page, save_ocr
+from ditod.data.pages import IMAGE_SUFFIXES, Page, check_unique_names, find_files, in_shard, parse_shard, pdf_pages
 
 logger = logging.getLogger("ditod.tools.ocr")
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
 @dataclass(frozen=True)
@@ -99,19 +97,12 @@ class RunSummary:
 # -------------------------------------------------------------------- planning
 
 
-def in_shard(key: str, shard: tuple[int, int]) -> bool:
-    """Whether `key` belongs to shard K of N: a hash that is the same in every process and machine."""
-    k, n = shard
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % n == k
-
-
-def _check_unique_outputs(jobs: Sequence[Job]):
-    seen = {}
-    for job in jobs:
-        if job.out_json in seen:
-            raise SystemExit(f"error: {seen[job.out_json]} and {job.key} would both write {job.out_json}; rename one")
-        seen[job.out_json] = job.key
+def _checked(pages: Sequence[Page]) -> Sequence[Page]:
+    try:
+        check_unique_names(pages)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return pages
 
 
 def image_jobs(images: Path, out: Path) -> list[Job]:
@@ -119,35 +110,26 @@ def image_jobs(images: Path, out: Path) -> list[Job]:
     images, out = Path(images), Path(out)
     if not images.is_dir():
         raise SystemExit(f"error: --images {images} is not a folder")
-    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = find_files(images)
     if not files:
         raise SystemExit(f"error: --images {images} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    jobs = []
-    for path in files:
-        rel = path.relative_to(images)
-        jobs.append(Job(rel.as_posix(), path, (out / rel).with_suffix(".json")))
-    _check_unique_outputs(jobs)
-    return jobs
+    pages = _checked([Page(path.relative_to(images).with_suffix("").as_posix(), path) for path in files])
+    return [Job(page.key, page.source, out / f"{page.name}.json") for page in pages]
 
 
 def pdf_jobs(pdfs: Sequence[Path], out: Path) -> tuple[list[Job], list[tuple[str, str]]]:
-    """Every page of the PDFs, and the PDFs that cannot be opened (with the reason)."""
-    import pymupdf
-
-    jobs, failures = [], []
+    """Every page of the PDFs, and the PDFs that cannot be used (with the reason: cannot be
+    opened, encrypted, no pages)."""
+    pages, failures = [], []
     for pdf in map(Path, pdfs):
         try:
-            with pymupdf.open(pdf) as doc:
-                if not doc.is_pdf:
-                    raise ValueError("not a PDF file")
-                num_pages = doc.page_count
-        except Exception as e:
-            failures.append((str(pdf), f"cannot open PDF: {e}"))
-            continue
-        for i in range(num_pages):
-            stem = f"{pdf.stem}_p{i + 1:04d}"
-            jobs.append(Job(f"{stem}.png", pdf, out / f"{stem}.json", i, out / f"{stem}.png"))
-    _check_unique_outputs(jobs)
+            pages.extend(pdf_pages(pdf, pdf.stem))
+        except ValueError as e:
+            failures.append((str(pdf), str(e)))
+    jobs = [
+        Job(page.key, page.source, out / f"{page.name}.json", page.index, out / f"{page.name}.png")
+        for page in _checked(pages)
+    ]
     return jobs, failures
 
 
@@ -300,16 +282,6 @@ def run_ocr(
 
 
 # ------------------------------------------------------------------------- CLI
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must look like K/N (e.g. 0/4), got {text!r}") from None
-    if n < 1 or not 0 <= k < n:
-        raise argparse.ArgumentTypeError(f"--shard K/N needs 0 <= K < N, got {text!r}")
-    return k, n
 
 
 def get_parser():

@@ -7,19 +7,24 @@ from .datasets import check_datasets, load_vl_coco_json, register_all_builtin, r
 from .loader import build_resumable_train_loader
 from .mapper import UnreadableImageError, VLDatasetMapper, build_vl_augmentation, transform_ocr_boxes
 from .ocr import OCRFormatError, PageOCR, load_ocr, save_ocr
+from .pages import LoadedPage, Page, collect_pages, load_page
 from .reading_order import reading_order
 from .tokens import OCRTokenizer, train_tokenizer
 
 __all__ = [
     "OCRFormatError",
     "OCRTokenizer",
+    "LoadedPage",
+    "Page",
     "PageOCR",
     "UnreadableImageError",
     "VLDatasetMapper",
     "build_resumable_train_loader",
     "build_vl_augmentation",
     "check_datasets",
+    "collect_pages",
     "load_ocr",
+    "load_page",
     "load_vl_coco_json",
     "reading_order",
     "register_all_builtin",

@@ -64,6 +64,10 @@ def transform_ocr_boxes(boxes, transforms, image_shape):
     return boxes, keep
 
 
+def _page_name(dataset_dict):
+    return dataset_dict.get("file_name", "the page")
+
+
 class UnreadableImageError(OSError):
     """A page image that cannot be read (missing, empty, corrupt); the message names the file."""
 
@@ -138,18 +142,18 @@ class VLDatasetMapper(DatasetMapper):
         page = dataset_dict.pop("ocr", None)
         if page is not None:
             if not isinstance(page, PageOCR):
-                raise TypeError(f"{dataset_dict['file_name']}: 'ocr' must be a PageOCR, got {type(page).__name__}")
-            return fit_to_image(page, image_size, dataset_dict["file_name"])
+                raise TypeError(f"{_page_name(dataset_dict)}: 'ocr' must be a PageOCR, got {type(page).__name__}")
+            return fit_to_image(page, image_size, _page_name(dataset_dict))
         path = dataset_dict.get("ocr_file")
         try:
             if path is None:
-                raise FileNotFoundError(f"{dataset_dict['file_name']}: the dataset dict names no 'ocr_file'")
+                raise FileNotFoundError(f"{_page_name(dataset_dict)}: the dataset dict names no 'ocr_file'")
             return load_ocr(path, image_size=image_size)
         except (FileNotFoundError, OCRFormatError) as e:
             if self.missing_ocr == "error":
                 raise
             known = len(self.pages_without_ocr)
-            self.pages_without_ocr.add(dataset_dict["file_name"])
+            self.pages_without_ocr.add(_page_name(dataset_dict))
             if len(self.pages_without_ocr) > known and known % 100 == 0:
                 logger.warning(
                     f"{len(self.pages_without_ocr)} page(s) without usable OCR so far in this process, "
@@ -180,6 +184,21 @@ class VLDatasetMapper(DatasetMapper):
         image = self._read_image(dataset_dict["file_name"])
         if image is None:
             return None
+        return self.map_image(dataset_dict, image)
+
+    def map_image(self, dataset_dict, image):
+        """
+        What `__call__` does once the image is read: for a page already in memory.
+
+        Args:
+            dataset_dict: the page's record (used as it is, not copied), with "ocr" or
+                "ocr_file" for a model that reads text; "file_name" names the page in
+                messages when present.
+            image: the page, H x W x 3 uint8 in cfg.INPUT.FORMAT, as `__call__` reads it.
+
+        Returns:
+            the model input dict, as `__call__`'s.
+        """
         utils.check_image_size(dataset_dict, image)
         page = None
         if self.ocr_tokenizer is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "PdfPage",
     "pdf_text_layer",
     "render_pdf_page",
+    "check_rendered_page",
     "read_pdf_page",
 ]
 
@@ -461,12 +462,26 @@ def render_pdf_page(page, dpi: float = 144) -> np.ndarray:
     return np.frombuffer(pix.samples, dtype=np.uint8).reshape(pix.height, pix.width, 3).copy()
 
 
+def check_rendered_page(page, image: np.ndarray):
+    """Raise ValueError when `image`, the rendering of the PDF page `page`, is all one colour
+    although the page has text, drawings or images: its content was lost (a damaged or
+    truncated PDF, missing resources), and its text layer would describe an empty image."""
+    if not (image.min(axis=(0, 1)) == image.max(axis=(0, 1))).all():
+        return
+    found = {"text": page.get_text("text").strip(), "drawings": page.get_drawings(), "images": page.get_images()}
+    content = [kind for kind, items in found.items() if items]
+    if content:
+        raise ValueError(f"page {page.number + 1} renders blank although it has {' and '.join(content)} (damaged PDF?)")
+
+
 def read_pdf_page(page, dpi: float = 144, fallback: OCREngine | None = None) -> PdfPage:
     """Render a PDF page and read its text layer; a page without one is OCRed by `fallback`.
 
-    Without a `fallback` engine such a page gets an empty OCR (source "none").
+    Without a `fallback` engine such a page gets an empty OCR (source "none"). A page
+    that renders blank although it has content is an error (see `check_rendered_page`).
     """
     image = render_pdf_page(page, dpi)
+    check_rendered_page(page, image)
     ocr = pdf_text_layer(page, dpi)
     if len(ocr):
         return PdfPage(image, ocr, "text layer")

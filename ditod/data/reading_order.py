@@ -68,13 +68,26 @@ def _split(boxes, group):
     return _parts(group[by_height], 2 * np.cumsum(separator) - separator)
 
 
-def reading_order(boxes):
+def _stacked(boxes, parts):
+    """`parts` top to bottom when each lies entirely below another (none side by side), else as they are."""
+    order = np.argsort([boxes[part, 1].min() for part in parts], kind="stable")
+    tops = [boxes[parts[i], 1].min() for i in order[1:]]
+    bottoms = [boxes[parts[i], 3].max() for i in order[:-1]]
+    return [parts[i] for i in order] if all(b <= t for b, t in zip(bottoms, tops)) else parts
+
+
+def reading_order(boxes, stack_disjoint=False):
     """
     Indices of the lines with `boxes` (N, 4: x0, y0, x1, y1) in a column-aware reading
     order: columns (separated by vertical gaps that no line crosses) are read left to
     right, each top to bottom; lines spanning several columns cut the page into bands
     read top to bottom, so a title above two columns comes first and a two-column
     block under it is read column by column. Recursive XY-cut, done iteratively.
+
+    With `stack_disjoint`, parts that a vertical gap separates but that are not side by
+    side (each lies entirely below the one before) are read top to bottom: what layout
+    regions need, where a short heading at the left margin above a centred block is no
+    column.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     order = []
@@ -82,6 +95,8 @@ def reading_order(boxes):
     while pending:
         group = pending.pop()
         parts = _split(boxes, group) if len(group) > 1 else None
+        if parts is not None and stack_disjoint:
+            parts = _stacked(boxes, parts)
         if parts is None:
             order.extend(group[np.lexsort((boxes[group, 0], boxes[group, 1]))])
         else:

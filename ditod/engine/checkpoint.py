@@ -8,7 +8,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 
-__all__ = ["VLDetectionCheckpointer", "category_ids", "convert_original_layout"]
+__all__ = ["VLDetectionCheckpointer", "category_ids", "checkpoint_info", "convert_original_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +90,17 @@ class VLDetectionCheckpointer(DetectionCheckpointer):
         if count:
             logger.info(f"Mapped {count} keys of an original-layout LayoutLMv3 detection checkpoint")
         return super()._load_model(checkpoint)
+
+
+def checkpoint_info(path) -> dict:
+    """What a detection checkpoint holds besides the weights (the class names and ids training
+    saved, ...), read as `VLDetectionCheckpointer.load` reads it, without a model; {} for a
+    file of weights only (a model-zoo .pkl, a plain state dict)."""
+    checkpointer = VLDetectionCheckpointer(torch.nn.Module())
+    local = checkpointer.path_manager.get_local_path(path)
+    if local.endswith(".pkl"):
+        return {}
+    loaded = checkpointer._torch_load(local)
+    if not isinstance(loaded, dict) or "model" not in loaded:
+        return {}
+    return {key: value for key, value in loaded.items() if key != "model"}
