@@ -6,28 +6,19 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import LayoutLMv3Config, LayoutLMv3Model, LayoutLMv3Tokenizer
+from transformers import LayoutLMv3Tokenizer
 
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from conftest import tiny_cfg
+from conftest import tiny_cfg, tiny_layoutlmv3
 from ditod.data import register_vl_coco
 from ditod.data.tokens import train_tokenizer
 from ditod.engine.checkpoint import VLDetectionCheckpointer, WeightsError
 from ditod.layoutlmv3 import load_tokenizer
 
-SOURCE_CONFIG = dict(
-    hidden_size=48,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=96,
-    coordinate_size=8,
-    shape_size=8,
-    vocab_size=300,
-    has_relative_attention_bias=False,
-    has_spatial_attention_bias=False,
-)
+# A narrower LayoutLMv3 than the tiny config's (hidden 48).
+NARROW = dict(hidden_size=48, intermediate_size=96, coordinate_size=8, shape_size=8)
 
 
 def sample_inputs():
@@ -48,10 +39,7 @@ def sample_inputs():
 
 
 def test_huggingface_checkpoint_loads_with_from_pretrained_semantics(tmp_path):
-    source = LayoutLMv3Model(LayoutLMv3Config(**SOURCE_CONFIG)).eval()
-    with torch.no_grad():
-        for param in source.parameters():
-            param.normal_(std=0.2)
+    source = tiny_layoutlmv3(**NARROW).eval()
     source.save_pretrained(tmp_path / "hf")
     # A real checkpoint folder holds its tokenizer next to the weights.
     train_tokenizer(["layout analysis finds titles captions and tables"] * 20, tmp_path / "hf", vocab_size=280)
@@ -191,21 +179,7 @@ def test_save_writes_the_class_names_and_category_ids_of_the_training_dataset(tm
 
 
 # ------------------------------------------------------ Hugging Face weights files
-# The transformer of tiny_cfg() (configs/tiny with a vocabulary of 300).
-TINY_TRANSFORMER = dict(
-    SOURCE_CONFIG, hidden_size=96, intermediate_size=192, coordinate_size=16, shape_size=16, max_position_embeddings=514
-)
 TRANSFORMER = "backbone.bottom_up.layoutlmv3."
-
-
-def huggingface_model(**overrides):
-    """A LayoutLMv3Model with distinctive weights (transformers starts pos_embed at zero)."""
-    torch.manual_seed(5)
-    model = LayoutLMv3Model(LayoutLMv3Config(**{**TINY_TRANSFORMER, **overrides}))
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(std=0.2)
-    return model
 
 
 def write_huggingface_weights(model, folder, form, prefix):
@@ -230,7 +204,7 @@ def write_huggingface_weights(model, folder, form, prefix):
     "form, prefix", [("bin", True), ("bin", False), ("safetensors", True), ("safetensors", False), ("directory", False)]
 )
 def test_huggingface_weights_go_into_the_transformer(tmp_path, caplog, form, prefix):
-    source = huggingface_model()
+    source = tiny_layoutlmv3()
     path = write_huggingface_weights(source, tmp_path / "hf", form, prefix)
     torch.manual_seed(2)
     target = build_model(tiny_cfg())
@@ -258,7 +232,7 @@ def test_huggingface_weights_go_into_the_transformer(tmp_path, caplog, form, pre
 
 def test_patch_position_embeddings_of_another_grid_are_resized(tmp_path):
     # Pre-trained at 448 px: a 28 x 28 grid of patch position embeddings, ours is 14 x 14.
-    source = huggingface_model(input_size=448)
+    source = tiny_layoutlmv3(input_size=448)
     path = write_huggingface_weights(source, tmp_path / "hf", "safetensors", prefix=False)
     target = build_model(tiny_cfg())
     VLDetectionCheckpointer(target).load(str(path))
@@ -275,7 +249,7 @@ def test_weights_that_fit_nothing_stop_with_what_the_file_is(tmp_path):
     target = build_model(tiny_cfg())
     before = {k: v.clone() for k, v in target.state_dict().items()}
     # LayoutLMv3 weights of another size (hidden 48): every tensor has another shape.
-    other_size = write_huggingface_weights(huggingface_model(**SOURCE_CONFIG), tmp_path / "small", "bin", True)
+    other_size = write_huggingface_weights(tiny_layoutlmv3(**NARROW), tmp_path / "small", "bin", True)
     with pytest.raises(WeightsError, match=rf"{other_size}: none of its .* Hugging Face LayoutLMv3 weights .*"):
         VLDetectionCheckpointer(target).load(str(other_size))
     with pytest.raises(WeightsError, match="MODEL.VIT.PRETRAINED"):
