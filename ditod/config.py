@@ -320,10 +320,10 @@ def add_vit_config(cfg):
     _C.ICDAR_DATA_DIR_TEST = ""
 
     # --------------------------------------------------------------- augmentation
-    # With INPUT.CROP.ENABLED: crop the DETR way, as the LayoutLMv3 recipe does: half of
-    # the pages are resized to a short side of 400/500/600 and cropped before the
-    # multi-scale resize, the other half are not cropped. False: every page is cropped
-    # (detectron2's DatasetMapper).
+    # With INPUT.CROP.ENABLED: crop the DETR way (unilm's AUG.DETR, which its code applies
+    # to DiT backbones and skips for LayoutLMv3): half of the pages are resized to a short
+    # side of 400/500/600 and cropped before the multi-scale resize, the other half are
+    # not cropped. False: every page is cropped (detectron2's DatasetMapper).
     _C.INPUT.CROP.DETR_STYLE = False
 
     # -------------------------------------------------------------------- solver

@@ -308,10 +308,10 @@ class VLDetectionCheckpointer(DetectionCheckpointer):
             self._resize_patch_position_embeddings(state)
         model_shapes = {key: tuple(value.shape) for key, value in self.model.state_dict().items()}
         file_shapes = {key: tuple(value.shape) for key, value in state.items()}
-        loaded = [key for key, shape in file_shapes.items() if model_shapes.get(key) == shape]
+        loaded = {key for key, shape in file_shapes.items() if model_shapes.get(key) == shape}
         if not loaded:
             raise WeightsError(self._nothing_fits(kind, file_shapes, model_shapes))
-        self._report = kind, len(loaded), [key for key in model_shapes if key not in set(loaded)]
+        self._report = kind, len(loaded), [key for key in model_shapes if key not in loaded]
         checkpoint["model"] = state
         return super()._load_model(checkpoint)
 
