@@ -4,6 +4,7 @@ that train_net.py, infer.py and library code load with, and through the tools th
 import builtins
 import importlib.util
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -67,7 +68,12 @@ def load_tool(name):
     return module
 
 
-def test_infer_stops_at_a_crafted_weights_file(tmp_path):
+def test_infer_stops_at_a_crafted_weights_file(tmp_path, monkeypatch):
+    for name in ("ditod", "detectron2"):  # the tool sets up these loggers: put them back afterwards
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+        monkeypatch.setattr(logger, "level", logger.level)
     path, marker = crafted_file(tmp_path, ".pkl", "pickle")
     Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(tmp_path / "page.png")
     arguments = ["--config-file", TINY_TEXT_CONFIG, "--weights", str(path), "--input", str(tmp_path / "page.png")]
