@@ -8,6 +8,11 @@ and makes 3 the latest version. A file of VERSION 2 (this project's configs befo
 renames below, and the configs of unilm's LayoutLMv3 detection code) is upgraded when it
 is merged, by `cfg.merge_from_file` as by `load_config`; `load_config` also names each
 old key the file uses and its new name.
+
+Every key of unilm's `add_vit_config` is accepted, so that its YAML files load as they
+are: most have a meaning here (MODEL.VIT.DROP_PATH, MODEL.VIT.IMG_SIZE as INPUT_SIZE,
+MODEL.VIT.POS_TYPE, PUBLAYNET_DATA_DIR_TRAIN/TEST, CACHE_DIR, ...); `IGNORED_KEYS` lists
+those that have none, which `load_config` reports when a config sets them.
 """
 
 import logging
@@ -19,11 +24,23 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import compat, get_cfg
 from detectron2.config.defaults import _C as DETECTRON2_DEFAULTS
 
-__all__ = ["CONFIG_VERSION", "ConverterV3", "add_vit_config", "load_config"]
+__all__ = ["CONFIG_VERSION", "IGNORED_KEYS", "ConverterV3", "add_vit_config", "load_config"]
 
 logger = logging.getLogger(__name__)
 
 CONFIG_VERSION = 3
+
+# Keys of unilm's LayoutLMv3 detection configs that mean nothing here, with the reason.
+IGNORED_KEYS = {
+    "MODEL.VIT.MODEL_KWARGS": "keyword arguments of unilm's BEiT/DiT backbones; the LayoutLMv3 architecture "
+    "comes from MODEL.VIT.PRETRAINED or the MODEL.VIT size keys",
+    "MODEL.CONFIG_PATH": "the LayoutLMv3 architecture comes from MODEL.VIT.PRETRAINED (a hub id or a "
+    "save_pretrained directory) or the MODEL.VIT size keys",
+    "ICDAR_DATA_DIR_TRAIN": "register ICDAR 2019 with --dataset NAME=JSON:IMAGE_ROOT or DATASETS.REGISTER",
+    "ICDAR_DATA_DIR_TEST": "register ICDAR 2019 with --dataset NAME=JSON:IMAGE_ROOT or DATASETS.REGISTER",
+}
+# (key, value) pairs already reported as ignored in this process (tools load their config twice).
+_reported_ignored = set()
 
 
 class ConverterV3:
@@ -40,15 +57,39 @@ class ConverterV3:
         ("CPU_KEEP_FREED_MEMORY", "MODEL.CPU_KEEP_FREED_MEMORY"),
     ]
 
+    # unilm's [height, width] of the pre-training image, a single size here (LayoutLMv3
+    # pre-trains on square pages).
+    IMAGE_SIZE = ("MODEL.VIT.IMG_SIZE", "MODEL.VIT.INPUT_SIZE")
+
+    @classmethod
+    def renamed_keys(cls):
+        """Every (old name, new name) of VERSION 3."""
+        return [*cls.RENAMES, cls.IMAGE_SIZE]
+
     @classmethod
     def upgrade(cls, cfg):
         for old, new in cls.RENAMES:
             _move(cfg, old, new)
+        vit = cfg.get("MODEL", {}).get("VIT", {})
+        size = vit.pop("IMG_SIZE", [])
+        if size:
+            sizes = set(size) if isinstance(size, (list, tuple)) else {size}
+            if len(sizes) != 1:
+                raise ValueError(
+                    f"MODEL.VIT.IMG_SIZE {size}: the pre-training image of LayoutLMv3 is square; "
+                    "give its size as MODEL.VIT.INPUT_SIZE"
+                )
+            vit["INPUT_SIZE"] = int(sizes.pop())
 
     @classmethod
     def downgrade(cls, cfg):
         for old, new in reversed(cls.RENAMES):
             _move(cfg, new, old)
+        # INPUT_SIZE stays (this project's VERSION 2 had it) and IMG_SIZE is empty: a file of
+        # VERSION 2 may set either, and `upgrade` takes IMG_SIZE when it was set.
+        vit = cfg.get("MODEL", {}).get("VIT")
+        if vit is not None and "INPUT_SIZE" in vit:
+            vit["IMG_SIZE"] = []
 
 
 def _move(cfg, source, target):
@@ -96,7 +137,7 @@ def _notice_old_keys(config_file):
     loaded = CN.load_yaml_with_base(config_file, allow_unsafe=True)
     if loaded.get("VERSION", CONFIG_VERSION) >= CONFIG_VERSION:
         return
-    for old, new in ConverterV3.RENAMES:
+    for old, new in ConverterV3.renamed_keys():
         node = loaded
         for key in old.split("."):
             node = node.get(key) if isinstance(node, dict) else None
@@ -134,7 +175,25 @@ def load_config(config_file, opts=()):
         cfg.merge_from_list(opts)
     except (AssertionError, KeyError, ValueError) as e:
         raise ValueError(f"config override: {_reason(e)}{_renamed_hint(e)}") from e
+    _report_ignored_keys(cfg)
     return cfg
+
+
+def _lookup(cfg, dotted):
+    for key in dotted.split("."):
+        cfg = cfg[key]
+    return cfg
+
+
+def _report_ignored_keys(cfg):
+    """One warning per key of `IGNORED_KEYS` that `cfg` sets, once per process."""
+    defaults = get_cfg()
+    add_vit_config(defaults)
+    for key, reason in IGNORED_KEYS.items():
+        value = _lookup(cfg, key)
+        if value != _lookup(defaults, key) and (key, repr(value)) not in _reported_ignored:
+            _reported_ignored.add((key, repr(value)))
+            logger.warning(f"config key {key} ({value!r}) is ignored: {reason}")
 
 
 def _reason(error):
@@ -146,7 +205,7 @@ def _renamed_hint(error):
     """Where an unknown key is an old name (a file that declares VERSION 3, or none, or an
     override), its new name."""
     reason = _reason(error)
-    for old, new in ConverterV3.RENAMES:
+    for old, new in ConverterV3.renamed_keys():
         if reason.endswith(f"key: {old}"):
             return f" ({old} is now {new}; a file of VERSION 2 is upgraded)"
     return ""
@@ -182,10 +241,18 @@ def add_vit_config(cfg):
     _C.MODEL.VIT.MAX_POSITION_EMBEDDINGS = 514
     _C.MODEL.VIT.PATCH_SIZE = 16
     # Pre-training image size: the grid of the stored patch position embeddings,
-    # which are interpolated (bicubic) to each batch's grid at run time.
+    # which are interpolated (bicubic) to each batch's grid at run time (unilm's configs
+    # call it MODEL.VIT.IMG_SIZE, [224, 224]).
     _C.MODEL.VIT.INPUT_SIZE = 224
+    # Patch position embeddings: "abs", LayoutLMv3's absolute ones (unilm's configs name
+    # the kind; the relative biases of its BEiT/DiT backbones are not available here).
+    _C.MODEL.VIT.POS_TYPE = "abs"
     _C.MODEL.VIT.HIDDEN_DROPOUT = 0.0
     _C.MODEL.VIT.ATTENTION_DROPOUT = 0.0
+    # Stochastic depth: the largest rate at which a transformer layer's attention and MLP
+    # branches are dropped per page in training, rising linearly from 0 at the first
+    # layer (BEiT/DiT); 0 = off. The published LayoutLMv3 recipe sets 0.1.
+    _C.MODEL.VIT.DROP_PATH = 0.0
     # Transformer layers tapped for the pyramid (0-based, hidden states after the layer),
     # in order of strides 4, 8, 16, 32.
     _C.MODEL.VIT.OUT_FEATURES = ["layer3", "layer5", "layer7", "layer11"]
@@ -196,6 +263,13 @@ def add_vit_config(cfg):
     _C.MODEL.VIT.GRAD_CHECKPOINT = False
     # "sdpa": torch scaled_dot_product_attention (fused kernels); "eager": explicit softmax.
     _C.MODEL.VIT.ATTENTION = "sdpa"
+    # Checkpoints record the tokenizer their model was trained with. Loading one into a
+    # model that reads text with another tokenizer warns in training (fine-tuning from
+    # it) and stops evaluation and inference, unless this is True (then it warns too).
+    _C.MODEL.VIT.ALLOW_OTHER_TOKENIZER = False
+    # Read from unilm's configs and ignored (IGNORED_KEYS).
+    _C.MODEL.VIT.MODEL_KWARGS = "{}"
+    _C.MODEL.CONFIG_PATH = ""
 
     # Run the transformer on page pixels only: no OCR tokens, no text fusion.
     _C.MODEL.IMAGE_ONLY = False
@@ -236,16 +310,24 @@ def add_vit_config(cfg):
     # Extra COCO datasets registered at start-up: [[name, json, image_root, ocr_root], ...]
     # (ocr_root may be "" for <image_root>/../ocr).
     _C.DATASETS.REGISTER = []
+    # PubLayNet's train / val image folders (unilm's keys): publaynet_train / publaynet_val
+    # then read DIR.json, the images in DIR and the OCR jsons in DIR/../ocr/<name of DIR>
+    # (the built-in layout). Empty: the built-in paths under $DETECTRON2_DATASETS.
+    _C.PUBLAYNET_DATA_DIR_TRAIN = ""
+    _C.PUBLAYNET_DATA_DIR_TEST = ""
+    # Read from unilm's configs and ignored (IGNORED_KEYS).
+    _C.ICDAR_DATA_DIR_TRAIN = ""
+    _C.ICDAR_DATA_DIR_TEST = ""
 
     # --------------------------------------------------------------- augmentation
-    # With INPUT.CROP.ENABLED: crop the DETR way, as the LayoutLMv3 recipe does: half of
-    # the pages are resized to a short side of 400/500/600 and cropped before the
-    # multi-scale resize, the other half are not cropped. False: every page is cropped
-    # (detectron2's DatasetMapper).
+    # With INPUT.CROP.ENABLED: crop the DETR way (unilm's AUG.DETR, which its code applies
+    # to DiT backbones and skips for LayoutLMv3): half of the pages are resized to a short
+    # side of 400/500/600 and cropped before the multi-scale resize, the other half are
+    # not cropped. False: every page is cropped (detectron2's DatasetMapper).
     _C.INPUT.CROP.DETR_STYLE = False
 
     # -------------------------------------------------------------------- solver
-    # "AdamW" or "SGD".
+    # "AdamW" or "SGD", in any case (unilm's configs say "ADAMW").
     _C.SOLVER.OPTIMIZER = "AdamW"
     # Learning-rate multiplier of the transformer (not FPN, fusion or heads).
     _C.SOLVER.BACKBONE_MULTIPLIER = 1.0
@@ -255,6 +337,9 @@ def add_vit_config(cfg):
     _C.SOLVER.GRADIENT_ACCUMULATION_STEPS = 1
 
     # ------------------------------------------------------------------- runtime
+    # Where Hugging Face downloads (MODEL.VIT.PRETRAINED, MODEL.VIT.TOKENIZER) are cached;
+    # empty: the Hugging Face cache ($HF_HOME).
+    _C.CACHE_DIR = ""
     # With MODEL.DEVICE "cpu", let glibc reuse freed memory for large tensors instead of
     # mapping fresh pages for each one (ditod.engine.keep_freed_cpu_memory). Off by
     # default: the base model's text step runs 7-11% faster on CPU,

@@ -5,11 +5,14 @@ and the page's text-token budget that follows from them.
 `ditod.data` (the mapper tokenizes OCR words) and `ditod.modeling` (the backbone wraps
 the model) both import this module; it imports neither. Hub ids and local directories
 saved with `save_pretrained` are accepted wherever a name is (MODEL.VIT.PRETRAINED,
-MODEL.VIT.TOKENIZER); each is read once per process.
+MODEL.VIT.TOKENIZER); each is read once per process, downloads going to the Hugging Face
+cache or to the config's CACHE_DIR.
 """
 
 import copy
 import functools
+import hashlib
+import json
 import logging
 import os
 
@@ -26,6 +29,7 @@ __all__ = [
     "load_tokenizer",
     "max_text_tokens",
     "sincos_position_embeddings",
+    "tokenizer_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,10 +61,11 @@ def from_hub_or_directory(key, name, load):
 
 # ------------------------------------------------------------------- tokenizer
 @functools.cache
-def load_tokenizer(name):
-    """Load a tokenizer (hub id or directory) once per process."""
+def load_tokenizer(name, cache_dir=None):
+    """Load a tokenizer (hub id or directory) once per process; hub downloads go to
+    `cache_dir` (None: the Hugging Face cache)."""
     logger.info(f"Loading tokenizer {name}")
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=cache_dir)
     # From a folder without tokenizer files (a model saved alone) transformers builds
     # a tokenizer of special tokens only, whose ids mean nothing to the model.
     if len(tokenizer) <= len(tokenizer.all_special_ids):
@@ -75,13 +80,30 @@ def get_tokenizer(cfg):
     """The tokenizer of MODEL.VIT.TOKENIZER (or MODEL.VIT.PRETRAINED); None when neither is set."""
     key = "MODEL.VIT.TOKENIZER" if cfg.MODEL.VIT.TOKENIZER else "MODEL.VIT.PRETRAINED"
     name = cfg.MODEL.VIT.TOKENIZER or cfg.MODEL.VIT.PRETRAINED
-    return from_hub_or_directory(key, name, load_tokenizer) if name else None
+    if not name:
+        return None
+    return from_hub_or_directory(key, name, functools.partial(load_tokenizer, cache_dir=_cache_dir(cfg)))
+
+
+def tokenizer_fingerprint(tokenizer):
+    """What identifies a tokenizer's token ids: its name (hub id or directory), its
+    vocabulary size and the SHA-256 of its vocabulary (tokens in id order), as plain
+    values for a checkpoint. The hash tells apart vocabularies of the same size."""
+    vocabulary = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    digest = hashlib.sha256(json.dumps(vocabulary, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return {"name": str(tokenizer.name_or_path), "vocab_size": len(tokenizer), "vocab_sha256": digest}
+
+
+def _cache_dir(cfg):
+    # CACHE_DIR, the key of unilm's configs; empty: the Hugging Face cache (HF_HOME).
+    return cfg.CACHE_DIR or None
 
 
 # ---------------------------------------------------------------------- config
 @functools.cache
-def _pretrained_config(name):
-    return from_hub_or_directory("MODEL.VIT.PRETRAINED", name, LayoutLMv3Config.from_pretrained)
+def _pretrained_config(name, cache_dir=None):
+    load = functools.partial(LayoutLMv3Config.from_pretrained, cache_dir=cache_dir)
+    return from_hub_or_directory("MODEL.VIT.PRETRAINED", name, load)
 
 
 def layout_embedding_sizes(hidden):
@@ -101,8 +123,13 @@ def build_layoutlmv3_config(cfg, tokenizer=None):
     (once per process), otherwise from the size keys; relative 1D/2D attention biases off.
     """
     vit = cfg.MODEL.VIT
+    if vit.POS_TYPE != "abs":
+        raise ValueError(
+            f"MODEL.VIT.POS_TYPE must be 'abs' (LayoutLMv3's absolute patch position embeddings), got "
+            f"{vit.POS_TYPE!r}: the relative position biases of unilm's BEiT/DiT backbones are not available here"
+        )
     if vit.PRETRAINED:
-        config = copy.deepcopy(_pretrained_config(vit.PRETRAINED))
+        config = copy.deepcopy(_pretrained_config(vit.PRETRAINED, _cache_dir(cfg)))
     else:
         if vit.NAME == "layoutlmv3_custom":
             hidden, layers, heads, intermediate = (
@@ -196,7 +223,9 @@ def build_layoutlmv3_model(cfg, tokenizer=None):
     if pretrained:
         _check_tokenizer(config, tokenizer, pretrained)
         logger.info(f"Loading LayoutLMv3 weights from {pretrained}")
-        model = LayoutLMv3Model.from_pretrained(pretrained, config=config, attn_implementation=attention)
+        model = LayoutLMv3Model.from_pretrained(
+            pretrained, config=config, attn_implementation=attention, cache_dir=_cache_dir(cfg)
+        )
     else:
         model = LayoutLMv3Model._from_config(config, attn_implementation=attention)
         # transformers starts pos_embed at zero (it expects pretrained weights); a model

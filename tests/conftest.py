@@ -67,3 +67,49 @@ def two_page_pdf(tmp_path_factory):
             page.insert_text((30, 90), "Layout analysis finds the regions of a page.", fontsize=9)
         document.save(path)
     return path
+
+
+def shared_data(name):
+    """
+    The folder `name` of ../shared/data next to the repository, where the project keeps
+    real data too large or not ours to commit (see its README or SOURCE.md); next to
+    the main checkout when the repository is a git worktree. Skips the calling test
+    when the folder is absent.
+    """
+    roots = [os.path.join(REPO, "..")]
+    git = os.path.join(REPO, ".git")
+    if os.path.isfile(git):  # a worktree: .git says "gitdir: <main checkout>/.git/worktrees/<name>"
+        with open(git, encoding="utf-8") as f:
+            gitdir = f.read().partition("gitdir:")[2].strip()
+        roots.append(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(gitdir))), ".."))
+    for root in roots:
+        path = os.path.normpath(os.path.join(root, "shared", "data", name))
+        if os.path.isdir(path):
+            return path
+    pytest.skip(f"needs ../shared/data/{name} next to the repository, which is not there")
+
+
+def tiny_layoutlmv3(**overrides):
+    """A transformers LayoutLMv3Model the size of tiny_cfg()'s transformer (configs/tiny,
+    vocabulary 300; `overrides` change its config) with distinctive weights: normal with
+    std 0.2 everywhere (transformers starts pos_embed at zero)."""
+    from transformers import LayoutLMv3Config, LayoutLMv3Model
+
+    config = dict(
+        hidden_size=96,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=192,
+        coordinate_size=16,
+        shape_size=16,
+        vocab_size=300,
+        max_position_embeddings=514,
+        has_relative_attention_bias=False,
+        has_spatial_attention_bias=False,
+    )
+    torch.manual_seed(5)
+    model = LayoutLMv3Model(LayoutLMv3Config(**{**config, **overrides}))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(std=0.2)
+    return model

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from timm.layers import DropPath
 from transformers import LayoutLMv3Model
 
 from detectron2.modeling import build_backbone
@@ -212,6 +213,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_less_saved():
     grads, saved = [], []
     for checkpointing in (False, True):
         torch.manual_seed(0)
+        # Dropout and stochastic depth draw the same masks when a layer is recomputed.
         cfg = tiny_cfg(
             "MODEL.VIT.GRAD_CHECKPOINT",
             checkpointing,
@@ -219,6 +221,8 @@ def test_gradient_checkpointing_gives_the_same_gradients_with_less_saved():
             0.1,
             "MODEL.VIT.ATTENTION_DROPOUT",
             0.1,
+            "MODEL.VIT.DROP_PATH",
+            0.5,
         )
         bottom_up = build_backbone(cfg).bottom_up.train()
         images = torch.randn(2, 3, 96, 128)
@@ -280,3 +284,59 @@ def test_sdpa_attention_equals_eager():
         eager = bottom_up({"images": images, **text})
     for name in fused:
         assert torch.allclose(fused[name], eager[name], atol=1e-4), name
+
+
+# ------------------------------------------------------------------ stochastic depth
+def test_drop_path_rates_rise_linearly_and_weights_keep_their_names():
+    plain = build_backbone(twelve_layer_cfg()).bottom_up
+    dropping = build_backbone(twelve_layer_cfg("MODEL.VIT.DROP_PATH", 0.1)).bottom_up
+    layers = dropping.layoutlmv3.encoder.layer
+    for index, layer in enumerate(layers):
+        for output in (layer.attention.output, layer.output):
+            rate = 0.1 * index / 11
+            if index == 0:
+                assert isinstance(output.dropout, torch.nn.Dropout)  # rate 0: nothing added
+            else:
+                assert isinstance(output.dropout[1], DropPath)
+                assert output.dropout[1].drop_prob == pytest.approx(rate)
+    # The same parameter names as transformers' (checkpoints load either way).
+    assert plain.state_dict().keys() == dropping.state_dict().keys()
+
+
+def test_drop_path_is_the_identity_in_eval_mode():
+    torch.manual_seed(0)
+    _, plain = build_bottom_up(twelve_layer_cfg())
+    dropping = build_backbone(twelve_layer_cfg("MODEL.VIT.DROP_PATH", 0.5)).bottom_up.eval()
+    dropping.load_state_dict(plain.state_dict())
+    images = torch.randn(2, 3, 96, 128)
+    text = page_tokens(2, 6, 300, (96, 128))
+    with torch.no_grad():
+        expected = plain({"images": images, **text})
+        got = dropping({"images": images, **text})
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+@pytest.mark.parametrize("branch", ["attention", "mlp"])
+def test_drop_path_drops_a_pages_branch_at_its_layers_rate(branch):
+    """In training, each page's branch is dropped (the layer then passes the residual
+    through its LayerNorm alone) with the layer's rate, independently per page, and kept
+    branches are scaled by 1 / (1 - rate)."""
+    bottom_up = build_backbone(twelve_layer_cfg("MODEL.VIT.DROP_PATH", 0.4)).bottom_up.train()
+    layer = bottom_up.layoutlmv3.encoder.layer[9]
+    rate = 0.4 * 9 / 11
+    output = layer.attention.output if branch == "attention" else layer.output
+    pages = 4000
+    generator = torch.Generator().manual_seed(3)
+    branch_input = torch.randn(pages, 3, output.dense.in_features, generator=generator)
+    residual = torch.randn(pages, 3, 48, generator=generator)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        trained = output(branch_input, residual)
+        dropped = output.LayerNorm(residual)
+        kept = output.LayerNorm(output.dense(branch_input) / (1 - rate) + residual)
+    is_dropped = torch.isclose(trained, dropped, atol=1e-5).flatten(1).all(1)
+    is_kept = torch.isclose(trained, kept, atol=1e-5).flatten(1).all(1)
+    assert (is_dropped ^ is_kept).all(), "every page is either dropped or kept whole"
+    # Binomial standard deviation sqrt(rate (1 - rate) / pages) = 0.0074: 4 of them.
+    assert abs(is_dropped.float().mean().item() - rate) < 0.03

@@ -4,11 +4,17 @@ import logging
 import os
 
 import pytest
+import torch
+from transformers import AutoTokenizer, LayoutLMv3Config
 
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
 
 from conftest import REPO, TINY_TEXT_CONFIG
 from ditod import add_vit_config, load_config
+from ditod.data import register_all_builtin, register_from_config, train_tokenizer
+from ditod.engine import build_optimizer
 
 # The tiny config and its base as they were before the VERSION 3 renames, verbatim.
 OLD_TINY_CONFIG = os.path.join(REPO, "tests", "data", "config_v2", "tiny", "cascade_layoutlmv3_text.yaml")
@@ -85,3 +91,118 @@ def test_old_key_in_a_version_3_config_names_its_new_name(tmp_path, place):
     opts = ["INPUT.OCR.MAX_TOKENS_PER_WORD", 3] if place == "override" else []
     with pytest.raises(ValueError, match="INPUT.OCR.MAX_TOKENS_PER_WORD is now INPUT.OCR.MAX_TOKENS_PER_LINE"):
         load_config(str(config), opts)
+
+
+# unilm's layoutlmv3/examples/object_detection/cascade_layoutlmv3.yaml (the published
+# LayoutLMv3-base PubLayNet recipe): its keys and values, in its order, without its comments.
+UNILM_CONFIG = os.path.join(REPO, "tests", "data", "unilm", "cascade_layoutlmv3.yaml")
+
+
+@pytest.fixture
+def builtin_publaynet():
+    """Put the built-in PubLayNet registration back after a test that replaces it."""
+    yield
+    for name in ("publaynet_train", "publaynet_val"):
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_all_builtin()
+
+
+def test_unilm_published_config_loads_and_builds(caplog, builtin_publaynet):
+    with caplog.at_level(logging.WARNING, logger="ditod.config"):
+        cfg = load_config(UNILM_CONFIG)
+    notices = [r.getMessage() for r in caplog.records if r.name == "ditod.config"]
+    assert any("MODEL.VIT.IMG_SIZE is now MODEL.VIT.INPUT_SIZE" in n for n in notices), notices
+    assert any("AUG.DETR is now INPUT.CROP.DETR_STYLE" in n for n in notices), notices
+    # Every key means here what it meant there.
+    assert cfg.MODEL.VIT.DROP_PATH == 0.1 and cfg.MODEL.VIT.INPUT_SIZE == 224 and cfg.MODEL.VIT.POS_TYPE == "abs"
+    assert cfg.MODEL.MASK_ON and cfg.MODEL.IMAGE_ONLY and cfg.INPUT.CROP.DETR_STYLE
+    assert cfg.CACHE_DIR == "/path/to/cache/huggingface" and cfg.MODEL.VIT.PRETRAINED == ""
+    register_from_config(cfg)
+    for name, split in (("publaynet_train", "train"), ("publaynet_val", "val")):
+        metadata = MetadataCatalog.get(name)
+        assert metadata.json_file == f"/path/to/data/PubLayNet/publaynet/{split}.json"
+        assert metadata.image_root == f"/path/to/data/PubLayNet/publaynet/{split}"
+        assert metadata.ocr_root == f"/path/to/data/PubLayNet/publaynet/ocr/{split}"
+        assert metadata.thing_classes == ["text", "title", "list", "table", "figure"]
+
+    # A narrow model of the same shape (12 layers, the same taps), built without the hub.
+    small = ["MODEL.VIT.NAME", "layoutlmv3_custom", "MODEL.VIT.HIDDEN_SIZE", 48, "MODEL.VIT.NUM_HEADS", 4]
+    cfg = load_config(
+        UNILM_CONFIG, [*small, "MODEL.VIT.INTERMEDIATE_SIZE", 96, "MODEL.VIT.PRETRAINED", "", "MODEL.DEVICE", "cpu"]
+    )
+    model = build_model(cfg)
+    assert model.roi_heads.mask_on and len(model.roi_heads.box_predictor) == 3
+    layers = model.backbone.bottom_up.layoutlmv3.encoder.layer
+    assert len(layers) == 12 and layers[-1].output.dropout[1].drop_prob == pytest.approx(0.1)
+    assert isinstance(build_optimizer(cfg, model), torch.optim.AdamW)  # "ADAMW"
+
+
+def test_unilm_keys_without_a_meaning_here_are_reported_once(tmp_path, caplog):
+    config = tmp_path / "unilm.yaml"
+    config.write_text(
+        f'_BASE_: "{UNILM_CONFIG}"\nMODEL:\n  CONFIG_PATH: "/models/layoutlmv3-base"\n'
+        "  VIT:\n    MODEL_KWARGS: \"`{'use_abs_pos_emb': True}`\"\nICDAR_DATA_DIR_TRAIN: /data/icdar/train\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="ditod.config"):
+        load_config(str(config))
+        load_config(str(config))
+    ignored = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
+    assert len(ignored) == 3, ignored
+    assert any(m.startswith("config key MODEL.CONFIG_PATH ('/models/layoutlmv3-base') is ignored:") for m in ignored)
+    assert any("ICDAR_DATA_DIR_TRAIN" in m and "DATASETS.REGISTER" in m for m in ignored)
+    assert any("MODEL.VIT.MODEL_KWARGS" in m and "BEiT/DiT" in m for m in ignored)
+    # Values equal to the defaults change nothing and are not reported.
+    config.write_text(f'_BASE_: "{UNILM_CONFIG}"\nMODEL:\n  CONFIG_PATH: ""\n')
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ditod.config"):
+        load_config(str(config))
+    assert "is ignored" not in caplog.text
+
+
+def test_image_size_of_a_version_2_file(tmp_path):
+    config = tmp_path / "v2.yaml"
+    config.write_text(f'_BASE_: "{UNILM_CONFIG}"\nMODEL:\n  VIT:\n    IMG_SIZE: [384, 384]\n')
+    assert load_config(str(config)).MODEL.VIT.INPUT_SIZE == 384
+    # This project's own VERSION 2 files named it INPUT_SIZE.
+    config.write_text(f'_BASE_: "{OLD_TINY_CONFIG}"\nMODEL:\n  VIT:\n    INPUT_SIZE: 448\n')
+    assert load_config(str(config)).MODEL.VIT.INPUT_SIZE == 448
+    config.write_text(f'_BASE_: "{UNILM_CONFIG}"\nMODEL:\n  VIT:\n    IMG_SIZE: [224, 320]\n')
+    with pytest.raises(ValueError, match=f"config file {config}: MODEL.VIT.IMG_SIZE .* square"):
+        load_config(str(config))
+    with pytest.raises(ValueError, match="MODEL.VIT.IMG_SIZE is now MODEL.VIT.INPUT_SIZE"):
+        load_config(TINY_TEXT_CONFIG, ["MODEL.VIT.IMG_SIZE", "[224, 224]"])
+
+
+def test_relative_position_types_are_refused():
+    with pytest.raises(ValueError, match="MODEL.VIT.POS_TYPE must be 'abs'"):
+        build_model(load_config(TINY_TEXT_CONFIG, ["MODEL.VIT.POS_TYPE", "shared_rel", "MODEL.VIT.VOCAB_SIZE", 300]))
+
+
+def test_cache_dir_is_where_hugging_face_downloads_go(tmp_path, monkeypatch):
+    import ditod.layoutlmv3 as layoutlmv3
+
+    calls = []
+
+    def recording(load):
+        def wrapper(name, **kwargs):
+            calls.append((name, kwargs.get("cache_dir")))
+            return load(name, **kwargs)
+
+        return wrapper
+
+    train_tokenizer(["layout analysis finds titles"] * 20, tmp_path / "hf", vocab_size=270)
+    LayoutLMv3Config(hidden_size=48, num_attention_heads=4, intermediate_size=96, vocab_size=270).save_pretrained(
+        tmp_path / "hf"
+    )
+    monkeypatch.setattr(layoutlmv3.AutoTokenizer, "from_pretrained", recording(AutoTokenizer.from_pretrained))
+    monkeypatch.setattr(layoutlmv3.LayoutLMv3Config, "from_pretrained", recording(LayoutLMv3Config.from_pretrained))
+    layoutlmv3.load_tokenizer.cache_clear()
+    layoutlmv3._pretrained_config.cache_clear()
+    cfg = load_config(
+        TINY_TEXT_CONFIG, ["MODEL.VIT.PRETRAINED", str(tmp_path / "hf"), "CACHE_DIR", str(tmp_path / "c")]
+    )
+    layoutlmv3.build_layoutlmv3_config(cfg, layoutlmv3.get_tokenizer(cfg))
+    assert calls == [(str(tmp_path / "hf"), str(tmp_path / "c"))] * 2
+    layoutlmv3.load_tokenizer.cache_clear()
+    layoutlmv3._pretrained_config.cache_clear()

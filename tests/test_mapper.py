@@ -3,6 +3,7 @@
 import json
 import logging
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,6 +11,7 @@ from PIL import Image
 
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
+from detectron2.structures.masks import polygons_to_bitmask
 from detectron2.utils.events import EventStorage
 
 import ditod.layoutlmv3 as layoutlmv3
@@ -388,3 +390,57 @@ def test_mapped_pages_train_the_model(tokenizer_dir, page, tmp_path):
     total.backward()
     embeddings = model.backbone.bottom_up.layoutlmv3.embeddings.word_embeddings.weight
     assert embeddings.grad is not None and embeddings.grad[batch[0]["input_ids"]].abs().sum() > 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_polygon_masks_stay_on_their_objects_through_crop_resize_flip(tokenizer_dir, page, tmp_path, seed):
+    """With MODEL.MASK_ON the annotations' polygons move with the page: after a random
+    crop, resize and flip, each mask covers the pixels of the object it outlines."""
+    record = page[0]
+    objects = {  # colour: polygon (x, y, ...) of a triangle and a notched rectangle
+        (200, 30, 30): [40, 30, 150, 60, 60, 150],
+        (30, 30, 200): [180, 40, 300, 40, 300, 200, 240, 200, 240, 120, 180, 120],
+    }
+    image = np.full((HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
+    for color, polygon in objects.items():
+        cv2.fillPoly(image, [np.array(polygon, dtype=np.int32).reshape(-1, 2)], color)
+    Image.fromarray(image).save(tmp_path / "shapes.png")
+    annotations = []
+    for index, polygon in enumerate(objects.values()):
+        xs, ys = polygon[0::2], polygon[1::2]
+        box = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        annotations.append({"bbox": box, "bbox_mode": 1, "category_id": index, "segmentation": [polygon], "iscrowd": 0})
+    record = dict(record, file_name=str(tmp_path / "shapes.png"), annotations=annotations)
+    cfg = make_cfg(
+        tokenizer_dir,
+        "MODEL.MASK_ON",
+        True,
+        "INPUT.CROP.ENABLED",
+        True,
+        "INPUT.CROP.DETR_STYLE",
+        False,
+        "INPUT.CROP.TYPE",
+        "absolute_range",
+        "INPUT.CROP.SIZE",
+        (150, 230),
+        "INPUT.RANDOM_FLIP",
+        "horizontal",
+        "INPUT.MIN_SIZE_TRAIN",
+        (200, 280, 360),
+    )
+    np.random.seed(seed)
+    out = VLDatasetMapper(cfg, is_train=True)(record)
+    instances = out["instances"]
+    mapped = out["image"].permute(1, 2, 0).numpy().astype(int)
+    height, width = mapped.shape[:2]
+    assert len(instances) > 0
+    for polygons, category, box in zip(instances.gt_masks.polygons, instances.gt_classes, instances.gt_boxes.tensor):
+        color = np.array(list(objects)[category])
+        mask = polygons_to_bitmask(polygons, height, width)
+        painted = np.abs(mapped - color).max(axis=2) <= 40
+        # The mask lies on the object's pixels, and covers those of them the crop kept.
+        assert painted[mask].mean() > 0.9, (seed, category.item())
+        assert mask[painted].mean() > 0.9, (seed, category.item())
+        # Boxes are the masks' (recomputed after the crop).
+        ys, xs = np.nonzero(mask)
+        np.testing.assert_allclose(box.numpy(), [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=2)

@@ -95,3 +95,11 @@ def test_sgd_and_unknown_optimizer(tiny_model):
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.8
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER"):
         build_optimizer(tiny_cfg("SOLVER.OPTIMIZER", "Adam"), tiny_model)
+
+
+@pytest.mark.parametrize(
+    "name, kind", [("ADAMW", torch.optim.AdamW), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)]
+)
+def test_optimizer_name_in_any_case(tiny_model, name, kind):
+    # unilm's configs say "ADAMW".
+    assert isinstance(build_optimizer(tiny_cfg("SOLVER.OPTIMIZER", name), tiny_model), kind)

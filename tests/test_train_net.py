@@ -10,10 +10,12 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY_TEXT_CONFIG
+from conftest import REPO, TINY_TEXT_CONFIG, tiny_layoutlmv3
 from ditod.data import train_tokenizer
 from ditod.data.ocr import load_ocr
 from ditod.data.synthetic import CATEGORIES, SyntheticOptions, generate_split
+from ditod.engine import VLDetectionCheckpointer, VLTrainer
+from ditod.layoutlmv3 import load_tokenizer
 
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 # Smaller pages than the tiny config's 320 px, to keep the runs short.
@@ -282,3 +284,51 @@ def test_two_cpu_processes(data, mode, tmp_path):
     assert last["iteration"] == 1 and last["total_loss"] > 0
     model = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
     assert any("text_fusion" in key for key in model) == ("MODEL.IMAGE_ONLY" not in mode)
+
+
+def huggingface_layoutlmv3(data):
+    """A LayoutLMv3 of the tiny config's size saved as the hub's pytorch_model.bin files
+    are (keys with the "layoutlmv3." prefix), with distinctive weights; and its weights."""
+    root, _, _ = data
+    model = tiny_layoutlmv3(vocab_size=len(load_tokenizer(str(root / "tokenizer"))))
+    (root / "layoutlmv3-tiny").mkdir(exist_ok=True)
+    path = root / "layoutlmv3-tiny" / "pytorch_model.bin"
+    torch.save({f"layoutlmv3.{k}": v for k, v in model.state_dict().items()}, path)
+    return path, model.state_dict()
+
+
+QUERY = "encoder.layer.1.attention.self.query.weight"
+
+
+def test_training_loads_huggingface_weights_into_the_transformer(data):
+    """What the trainer does with MODEL.WEIGHTS at the start of training, on the model
+    and config of the research notes' command."""
+    root, datasets, opts = data
+    path, weights = huggingface_layoutlmv3(data)
+    tool = load_tool()
+    cfg = tool.setup(
+        tool.parse_args(["--config-file", TINY_TEXT_CONFIG, *datasets, *map(str, opts), "MODEL.WEIGHTS", str(path)])
+    )
+    model = VLTrainer.build_model(cfg)
+    parameter = model.backbone.bottom_up.layoutlmv3.get_parameter(QUERY)
+    before = parameter.detach().clone()
+    VLDetectionCheckpointer(model, training=True).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    assert not torch.allclose(before, weights[QUERY])
+    assert torch.equal(parameter.detach(), weights[QUERY])
+
+
+@pytest.mark.slow
+def test_research_notes_command_trains_from_huggingface_weights(data):
+    """`train_net.py --config-file ... MODEL.WEIGHTS /path/layoutlmv3-base/pytorch_model.bin
+    OUTPUT_DIR ...`, the command of the original recipe, with a small saved model."""
+    root, datasets, opts = data
+    path, weights = huggingface_layoutlmv3(data)
+    output = root / "from_huggingface"
+    arguments = ["--config-file", TINY_TEXT_CONFIG, *datasets, *opts, "MODEL.WEIGHTS", path, "OUTPUT_DIR", output]
+    check(run_train_net(*arguments, "SOLVER.MAX_ITER", 2, cwd=root))
+    log = (output / "log.txt").read_text()
+    assert f"Weights from {path} (Hugging Face LayoutLMv3 weights): loaded {len(weights)} of the model's" in log
+    trained = torch.load(output / "model_final.pth", weights_only=True)["model"]
+    # Two warm-up steps of AdamW move a weight by far less than the 0.2 between random inits.
+    step = (trained[f"backbone.bottom_up.layoutlmv3.{QUERY}"] - weights[QUERY]).abs().max()
+    assert 0 < step < 1e-2

@@ -12,7 +12,10 @@ Train or evaluate a ditod layout detector: detectron2's train_net.py for ditod.
 Training writes checkpoints (model_final.pth, model_best.pth with TEST.EVAL_PERIOD),
 metrics.json and tensorboard events to OUTPUT_DIR. Evaluation writes, per dataset of
 DATASETS.TEST, OUTPUT_DIR/inference/<dataset>/coco_instances_results.json and
-metrics.json (COCO bbox AP, AP50, AP75, APs/m/l, per-class AP). `--num-gpus N` without
+metrics.json (COCO bbox AP, AP50, AP75, APs/m/l, per-class AP; and mask AP under "segm"
+with MODEL.MASK_ON). MODEL.WEIGHTS may also be Hugging Face LayoutLMv3 weights
+(pytorch_model.bin, model.safetensors or their directory): they go into the transformer,
+as in the original LayoutLMv3 recipe's command. `--num-gpus N` without
 GPUs runs N processes on the CPU (GLOO).
 """
 
@@ -29,7 +32,7 @@ from detectron2.utils.logger import setup_logger
 
 from ditod import load_config
 from ditod.data import check_datasets, register_from_config, register_vl_coco
-from ditod.engine import VLDetectionCheckpointer, VLTrainer, configure_cpu_memory
+from ditod.engine import VLDetectionCheckpointer, VLTrainer, WeightsError, configure_cpu_memory
 
 
 def dataset_spec(text):
@@ -112,11 +115,14 @@ if __name__ == "__main__":
     if cfg.MODEL.DEVICE == "cpu":
         # launch picks NCCL whenever it sees a GPU; CPU processes need GLOO.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except WeightsError as e:  # MODEL.WEIGHTS unusable (one process; several report through launch)
+        sys.exit(f"train_net.py: error: {e}")

@@ -20,6 +20,7 @@ __all__ = [
     "register_vl_coco",
     "register_from_config",
     "register_all_builtin",
+    "register_publaynet_folders",
 ]
 
 logger = logging.getLogger(__name__)
@@ -192,9 +193,36 @@ def register_vl_coco(name, json_file, image_root, ocr_root=None, thing_classes=N
         MetadataCatalog.get(name).set(thing_classes=list(thing_classes))
 
 
+def register_publaynet_folders(cfg):
+    """
+    Register publaynet_train / publaynet_val from PUBLAYNET_DATA_DIR_TRAIN / _TEST (the keys
+    of unilm's configs), when set: DIR.json, the images in DIR and the OCR jsons in
+    DIR/../ocr/<name of DIR>, the layout of the built-in PubLayNet. The built-in
+    registration of that name is replaced.
+    """
+    for name, folder in (
+        ("publaynet_train", cfg.PUBLAYNET_DATA_DIR_TRAIN),
+        ("publaynet_val", cfg.PUBLAYNET_DATA_DIR_TEST),
+    ):
+        if not folder:
+            continue
+        folder = os.path.normpath(folder)
+        files = {
+            "json_file": folder + ".json",
+            "image_root": folder,
+            "ocr_root": os.path.join(os.path.dirname(folder), "ocr", os.path.basename(folder)),
+        }
+        if name in DatasetCatalog and {key: MetadataCatalog.get(name).get(key) for key in files} != files:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_vl_coco(name, thing_classes=PUBLAYNET_CLASSES, **files)
+
+
 def register_from_config(cfg):
-    """Register the datasets of DATASETS.REGISTER: [[name, json, image_root, ocr_root], ...]
+    """Register PubLayNet from PUBLAYNET_DATA_DIR_TRAIN / _TEST (`register_publaynet_folders`)
+    and the datasets of DATASETS.REGISTER: [[name, json, image_root, ocr_root], ...]
     (ocr_root optional or "")."""
+    register_publaynet_folders(cfg)
     for index, entry in enumerate(cfg.DATASETS.REGISTER):
         valid = isinstance(entry, (list, tuple)) and len(entry) in (3, 4)
         if not valid or not all(isinstance(v, str) for v in entry):

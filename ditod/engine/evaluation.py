@@ -1,5 +1,5 @@
 """
-COCO bbox evaluation on what the loader reads.
+COCO evaluation (boxes, and masks for a model with masks) on what the loader reads.
 
 * Annotations with an unreadable bbox: `load_vl_coco_json` drops them, but detectron2's
   `COCOEvaluator` reads the raw json, where they crash pycocotools or change the AP.
@@ -26,7 +26,7 @@ from detectron2.utils import comm
 from ..data.datasets import readable_bbox
 from ..data.mapper import UnreadableImageError
 
-__all__ = ["UNREADABLE", "SkipUnreadablePages", "VLCOCOEvaluator", "map_or_mark_unreadable", "write_bbox_metrics"]
+__all__ = ["UNREADABLE", "SkipUnreadablePages", "VLCOCOEvaluator", "map_or_mark_unreadable", "write_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +121,22 @@ def _json_number(value):
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def write_bbox_metrics(path, dataset_name, results):
-    """`metrics.json` of one dataset: COCO bbox AP, AP50, AP75, APs/m/l and per-class AP
-    (null where COCO cannot compute one, e.g. a class without instances)."""
-    bbox = results.get("bbox", {})
+def write_metrics(path, dataset_name, results):
+    """
+    `metrics.json` of one dataset: COCO bbox AP, AP50, AP75, APs/m/l and per-class AP at
+    the top level, and the same keys for every other task evaluated under the task's name
+    ("segm": mask AP); null where COCO cannot compute one (e.g. a class without instances).
+    """
     classes = MetadataCatalog.get(dataset_name).get("thing_classes", [])
-    metrics = {
-        "dataset": dataset_name,
-        **{key: _json_number(bbox.get(key)) for key in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
-        "per_class_AP": {name: _json_number(bbox.get(f"AP-{name}")) for name in classes},
-    }
+
+    def task_metrics(values):
+        return {
+            **{key: _json_number(values.get(key)) for key in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+            "per_class_AP": {name: _json_number(values.get(f"AP-{name}")) for name in classes},
+        }
+
+    metrics = {"dataset": dataset_name, **task_metrics(results.get("bbox", {}))}
+    metrics.update({task: task_metrics(values) for task, values in results.items() if task != "bbox"})
     with open(path, "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=2)
     logger.info(f"Wrote {path}")

@@ -87,16 +87,18 @@ def layoutlmv3_param_groups(model, base_lr, weight_decay, multiplier=1.0, layer_
 
 
 def build_optimizer(cfg, model):
-    """The optimizer of SOLVER.OPTIMIZER over `layoutlmv3_param_groups`, with detectron2's
+    """The optimizer of SOLVER.OPTIMIZER ("AdamW" or "SGD", in any case) over `layoutlmv3_param_groups`, with detectron2's
     per-parameter gradient clipping when SOLVER.CLIP_GRADIENTS asks for it (full-model
     clipping is done by the trainer)."""
     solver = cfg.SOLVER
     params = layoutlmv3_param_groups(
         model, solver.BASE_LR, solver.WEIGHT_DECAY, solver.BACKBONE_MULTIPLIER, solver.LAYER_DECAY
     )
-    if solver.OPTIMIZER == "AdamW":
+    # Any case: unilm's configs say "ADAMW".
+    name = solver.OPTIMIZER.lower()
+    if name == "adamw":
         optimizer = torch.optim.AdamW(params, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY)
-    elif solver.OPTIMIZER == "SGD":
+    elif name == "sgd":
         optimizer = torch.optim.SGD(
             params,
             lr=solver.BASE_LR,

@@ -21,8 +21,9 @@ GPU kernels themselves may be non-deterministic; the stream is `ditod.data.loade
 once and keeps it in its checkpoints. One thing is not replayed: a page the mapper
 skips (an unreadable image, logged) shifts the batches of the run that met it.
 
-Evaluation (`--eval-only`, every TEST.EVAL_PERIOD, the end of training) is COCO bbox AP
-on the ground truth the loader reads (`VLCOCOEvaluator`). A page whose image cannot be
+Evaluation (`--eval-only`, every TEST.EVAL_PERIOD, the end of training) is COCO bbox AP,
+and mask (segm) AP for a model with MODEL.MASK_ON, on the ground truth the loader reads
+(`VLCOCOEvaluator`). A page whose image cannot be
 read does not stop it: the page is left out, with a warning that names it (see
 `ditod.engine.evaluation`).
 """
@@ -48,7 +49,7 @@ from detectron2.utils.logger import setup_logger
 from ..data.loader import STEP_SEED, build_resumable_train_loader, derive_seed
 from ..data.mapper import VLDatasetMapper
 from .checkpoint import VLDetectionCheckpointer
-from .evaluation import SkipUnreadablePages, VLCOCOEvaluator, map_or_mark_unreadable, write_bbox_metrics
+from .evaluation import SkipUnreadablePages, VLCOCOEvaluator, map_or_mark_unreadable, write_metrics
 from .optimizer import build_optimizer
 
 __all__ = ["AccumulatingTrainer", "VLTrainer"]
@@ -226,11 +227,13 @@ class VLTrainer(DefaultTrainer):
             seed=self.seed,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # Checkpoints carry the training data's class names, for tools/infer.py.
+        # Checkpoints carry the training data's class names, for tools/infer.py; weights
+        # recorded with another tokenizer are fine-tuned from, with a warning.
         self.checkpointer = VLDetectionCheckpointer(
             model,
             cfg.OUTPUT_DIR,
             dataset_name=cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None,
+            training=True,
             trainer=weakref.proxy(self),
         )
         self.start_iter = 0
@@ -285,9 +288,10 @@ class VLTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """`VLCOCOEvaluator` of boxes, and of masks for a model with MODEL.MASK_ON."""
         return VLCOCOEvaluator(
             dataset_name,
-            tasks=("bbox",),
+            tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
             distributed=True,
             output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
             max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
@@ -306,5 +310,5 @@ class VLTrainer(DefaultTrainer):
             for name in names:
                 folder = os.path.join(cfg.OUTPUT_DIR, "inference", name)
                 os.makedirs(folder, exist_ok=True)
-                write_bbox_metrics(os.path.join(folder, "metrics.json"), name, per_dataset.get(name, {}))
+                write_metrics(os.path.join(folder, "metrics.json"), name, per_dataset.get(name, {}))
         return results

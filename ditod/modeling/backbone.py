@@ -16,8 +16,9 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from ..layoutlmv3 import build_layoutlmv3_model, get_tokenizer, max_text_tokens
+from ..layoutlmv3 import build_layoutlmv3_model, get_tokenizer, max_text_tokens, tokenizer_fingerprint
 from .fusion import build_text_fusion
+from .stochastic_depth import add_drop_path
 
 __all__ = ["LayoutLMv3Backbone", "build_vit_fpn_backbone"]
 
@@ -40,7 +41,13 @@ class LayoutLMv3Backbone(Backbone):
     states after the tapped layers become strides 4/8/16/32 (two transposed convs with
     norm and GELU / one transposed conv / identity / max-pool); on the fused levels the
     text tokens' hidden states of the same layer are painted where the words sit and
-    mixed in by `TextFusion`.
+    mixed in by `TextFusion`. With `drop_path` > 0 the transformer layers have stochastic
+    depth (`add_drop_path`, rates over all layers of the model as configured).
+
+    `tokenizer_info` (`tokenizer_fingerprint` of the tokenizer whose ids the model reads;
+    None for an image-only model) and `allow_other_tokenizer` are read by
+    `VLDetectionCheckpointer`, which records the first in checkpoints and checks it
+    when loading.
 
     forward takes one dict:
         images: (B, 3, H, W) normalized, padded to a multiple of 32.
@@ -51,7 +58,17 @@ class LayoutLMv3Backbone(Backbone):
     and returns {out_feature_name: (B, C, H/stride, W/stride)}.
     """
 
-    def __init__(self, model, out_features, pyramid_norm="naiveSyncBN", text_fusion=None, grad_checkpoint=False):
+    def __init__(
+        self,
+        model,
+        out_features,
+        pyramid_norm="naiveSyncBN",
+        text_fusion=None,
+        grad_checkpoint=False,
+        drop_path=0.0,
+        tokenizer_info=None,
+        allow_other_tokenizer=False,
+    ):
         super().__init__()
         taps = [_layer_index(name) for name in out_features]
         if len(taps) != len(PYRAMID_STRIDES) or taps != sorted(set(taps)):
@@ -59,6 +76,8 @@ class LayoutLMv3Backbone(Backbone):
         num_layers = model.config.num_hidden_layers
         if taps[-1] >= num_layers:
             raise ValueError(f"MODEL.VIT.OUT_FEATURES {out_features}: the model has only {num_layers} layers")
+        if drop_path:
+            add_drop_path(model, drop_path)
         if taps[-1] + 1 < num_layers:
             # Layers after the last tap would be parameters without gradients (which DDP rejects).
             logger.info(f"Keeping the first {taps[-1] + 1} of {num_layers} transformer layers")
@@ -88,6 +107,8 @@ class LayoutLMv3Backbone(Backbone):
                 layer.gradient_checkpointing = True
                 layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
         self._pos_cache = {}
+        self.tokenizer_info = tokenizer_info
+        self.allow_other_tokenizer = allow_other_tokenizer
 
     @property
     def uses_text(self):
@@ -198,6 +219,9 @@ def build_vit_fpn_backbone(cfg, input_shape):
         pyramid_norm=cfg.MODEL.VIT.PYRAMID_NORM,
         text_fusion=build_text_fusion(cfg, model.config.hidden_size, strides),
         grad_checkpoint=cfg.MODEL.VIT.GRAD_CHECKPOINT,
+        drop_path=cfg.MODEL.VIT.DROP_PATH,
+        tokenizer_info=None if tokenizer is None else tokenizer_fingerprint(tokenizer),
+        allow_other_tokenizer=cfg.MODEL.VIT.ALLOW_OTHER_TOKENIZER,
     )
     return FPN(
         bottom_up=bottom_up,
