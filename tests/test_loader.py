@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
@@ -74,9 +75,18 @@ def test_train_stream_resumes_exactly_whatever_the_workers(stream_dataset, group
 
 def test_missing_ocr_jsons_stop_the_loader_before_training(tmp_path):
     (tmp_path / "0.json").write_text("{}")
+    for i in range(3):
+        Image.new("RGB", (300, 400), "white").save(tmp_path / f"{i}.png")
+    # Page 3 has no image either: it is skipped for its image, not counted as lacking OCR.
     records = [
-        {"image_id": i, "file_name": f"{i}.png", "width": 300, "height": 400, "ocr_file": str(tmp_path / f"{i}.json")}
-        for i in range(3)
+        {
+            "image_id": i,
+            "file_name": str(tmp_path / f"{i}.png"),
+            "width": 300,
+            "height": 400,
+            "ocr_file": str(tmp_path / f"{i}.json"),
+        }
+        for i in range(4)
     ]
     DatasetCatalog.register("trainer_test_ocr_gaps", lambda: copy.deepcopy(records))
     try:
@@ -92,7 +102,7 @@ def test_missing_ocr_jsons_stop_the_loader_before_training(tmp_path):
                 False,
             ]
         )
-        with pytest.raises(FileNotFoundError, match=rf"2 of the 3 pages of trainer_test_ocr_gaps .* {tmp_path}/1.json"):
+        with pytest.raises(FileNotFoundError, match=rf"2 of the 4 pages of trainer_test_ocr_gaps .* {tmp_path}/1.json"):
             build_resumable_train_loader(cfg, noisy_mapper)
         for key, value in (("INPUT.OCR.MISSING", "empty"), ("MODEL.IMAGE_ONLY", True)):
             relaxed = cfg.clone()
