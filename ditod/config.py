@@ -236,6 +236,9 @@ def add_vit_config(cfg):
     # Extra COCO datasets registered at start-up: [[name, json, image_root, ocr_root], ...]
     # (ocr_root may be "" for <image_root>/../ocr).
     _C.DATASETS.REGISTER = []
+    # Training stops when this many pages in a row (in one data-loader process) cannot be
+    # read, naming the first; 0: never (unreadable pages are skipped and counted).
+    _C.DATALOADER.MAX_CONSECUTIVE_UNREADABLE = 100
 
     # --------------------------------------------------------------- augmentation
     # With INPUT.CROP.ENABLED: crop the DETR way, as the LayoutLMv3 recipe does: half of

@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 
 import ditod.layoutlmv3 as layoutlmv3
 from conftest import tiny_cfg
-from ditod.data.mapper import VLDatasetMapper
+from ditod.data.mapper import UnreadableDatasetError, VLDatasetMapper
 from ditod.data.ocr import OCRFormatError, PageOCR, save_ocr
 from ditod.data.tokens import OCRTokenizer, train_tokenizer
 
@@ -388,3 +388,32 @@ def test_mapped_pages_train_the_model(tokenizer_dir, page, tmp_path):
     total.backward()
     embeddings = model.backbone.bottom_up.layoutlmv3.embeddings.word_embeddings.weight
     assert embeddings.grad is not None and embeddings.grad[batch[0]["input_ids"]].abs().sum() > 0
+
+
+# What a clone without `git lfs pull` has in place of an image.
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 12345\n"
+
+
+def test_training_stops_after_consecutive_unreadable_pages(tokenizer_dir, page, tmp_path, caplog):
+    record = page[0]
+    (tmp_path / "pointer.png").write_text(LFS_POINTER)
+    unreadable = [dict(record, file_name=str(tmp_path / f"gone{i}.png")) for i in range(3)]
+    unreadable.append(dict(record, file_name=str(tmp_path / "pointer.png")))
+    mapper = VLDatasetMapper(make_cfg(tokenizer_dir, "DATALOADER.MAX_CONSECUTIVE_UNREADABLE", 5), is_train=True)
+    # A readable page ends a run: 4 + 4 unreadable pages in all, at most 4 in a row.
+    with caplog.at_level(logging.WARNING, logger="ditod.data.mapper"):
+        assert all(mapper(p) is None for p in unreadable)
+        assert mapper(record) is not None
+        assert all(mapper(p) is None for p in unreadable)
+    assert "pointer.png: cannot read the image (a Git LFS pointer file, not the image" in caplog.text
+    with pytest.raises(UnreadableDatasetError) as error:
+        mapper(unreadable[0])
+    message = str(error.value)
+    assert message.startswith("5 pages in a row could not be read (9 in all in this data-loader process), the first: ")
+    assert f"{tmp_path / 'gone0.png'} (missing); {tmp_path / 'gone1.png'} (missing); " in message
+    assert "DATALOADER.MAX_CONSECUTIVE_UNREADABLE" in message
+    # 0: skip unreadable pages, never stop.
+    patient = VLDatasetMapper(make_cfg(tokenizer_dir, "DATALOADER.MAX_CONSECUTIVE_UNREADABLE", 0), is_train=True)
+    assert all(patient(p) is None for p in unreadable * 50)
+    with pytest.raises(ValueError, match="MAX_CONSECUTIVE_UNREADABLE must be >= 0"):
+        VLDatasetMapper(make_cfg(tokenizer_dir, "DATALOADER.MAX_CONSECUTIVE_UNREADABLE", -1), is_train=True)

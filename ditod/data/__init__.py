@@ -13,6 +13,7 @@ from .datasets import (
 )
 from .loader import build_resumable_train_loader
 from .mapper import (
+    UnreadableDatasetError,
     UnreadableImageError,
     VLDatasetMapper,
     build_vl_augmentation,
@@ -27,6 +28,7 @@ __all__ = [
     "OCRFormatError",
     "OCRTokenizer",
     "PageOCR",
+    "UnreadableDatasetError",
     "UnreadableImageError",
     "VLDatasetMapper",
     "build_resumable_train_loader",
