@@ -417,3 +417,27 @@ def test_training_stops_after_consecutive_unreadable_pages(tokenizer_dir, page, 
     assert all(patient(p) is None for p in unreadable * 50)
     with pytest.raises(ValueError, match="MAX_CONSECUTIVE_UNREADABLE must be >= 0"):
         VLDatasetMapper(make_cfg(tokenizer_dir, "DATALOADER.MAX_CONSECUTIVE_UNREADABLE", -1), is_train=True)
+
+
+def test_ocr_lines_far_off_the_page_are_counted_in_a_warning(tokenizer_dir, page, tmp_path, caplog):
+    record, texts, boxes, _ = page
+    # Line 3 at x = 1e12 (left out), line 7 stretched from -1e12 to 1e12 (clipped into a
+    # stripe across the page); a line a little past the edge is not worth a word.
+    boxes = boxes.copy()
+    boxes[3, 0] = 1e12
+    boxes[7, [0, 2]] = [-1e12, 2e12]
+    boxes[9, 2] += 30
+    save_ocr(tmp_path / "absurd.json", PageOCR(WIDTH, HEIGHT, texts, boxes))
+    mapper = mapper_with(make_cfg(tokenizer_dir, "INPUT.OCR.ORDER", "ocr"), [])
+    record = dict(record, ocr_file=str(tmp_path / "absurd.json"))
+    with caplog.at_level(logging.WARNING, logger="ditod.data.ocr"):
+        lines = token_lines(mapper(record), mapper.ocr_tokenizer.tokenizer)
+        mapper(record)  # the next epoch: warned once
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ditod.data.ocr"]
+    assert warnings == [
+        f"{tmp_path / 'absurd.json'}: 2 of the {len(texts)} OCR lines lie off the {WIDTH}x{HEIGHT} page or reach "
+        "more than a page beyond it (a line whose centre is off the page is left out, the others are clipped to "
+        f"the page), the first: bbox[3] {boxes[3].tolist()} of {texts[3]!r}"
+    ]
+    assert [t for t, _ in lines] == texts[:3] + texts[4:]
+    np.testing.assert_allclose(lines[6][1], [0, boxes[7, 1], WIDTH, boxes[7, 1] + boxes[7, 3]])
