@@ -417,3 +417,15 @@ def test_git_lfs_pointers_in_place_of_images_stop_before_training(tmp_path):
         (root / image["file_name"]).write_text(LFS_POINTER)
     with pytest.raises(FileNotFoundError, match="p0.png \\(a Git LFS pointer file, not the image \\(git lfs pull"):
         checked(tmp_path, coco)
+
+
+def test_a_json_is_checked_again_once_changed(tmp_path):
+    coco, _ = small_coco(tmp_path)
+    name, path = register_json(tmp_path, coco)
+    assert len(DatasetCatalog.get(name)) == 2
+    coco["images"][1]["file_name"] = "./p0.png"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(
+        COCOFormatError, match=r"images\[1\].file_name: './p0.png' is also the file_name of images\[0\]"
+    ):
+        DatasetCatalog.get(name)

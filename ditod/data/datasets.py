@@ -199,8 +199,9 @@ def _require(items, key, field, valid, expected, json_file):
             raise COCOFormatError(json_file, f"{key}[{i}].{field}", f"must be {expected}, got {got}")
 
 
-def _no_duplicates(values, key, field, json_file, why):
-    """Raise, counting them, when two of `values` (those of items key[i].field) are equal."""
+def _no_duplicates(values, key, field, json_file, why, shown=None):
+    """Raise, counting them, when two of `values` are equal: the items' key[i].field, or
+    values derived from them (`shown`: the fields as the json has them)."""
     seen, duplicates = {}, []
     for i, value in enumerate(values):
         j = seen.setdefault(value, i)
@@ -211,7 +212,7 @@ def _no_duplicates(values, key, field, json_file, why):
         raise COCOFormatError(
             json_file,
             f"{key}[{i}].{field}",
-            f"{values[i]!r} is also the {field} of {key}[{j}] ({len(duplicates)} such duplicate(s)); {why}",
+            f"{(shown or values)[i]!r} is also the {field} of {key}[{j}] ({len(duplicates)} such duplicate(s)); {why}",
         )
 
 
@@ -252,8 +253,9 @@ def read_coco_json(json_file):
         _require(images, "images", field, _is_size, "a positive number (pixels)", json_file)
     why = "each page needs its own, or one page's annotations land on another"
     _no_duplicates([image["id"] for image in images], "images", "id", json_file, why)
-    names = [os.path.normpath(image["file_name"]) for image in images]
-    _no_duplicates(names, "images", "file_name", json_file, "a page must be listed once, with all its annotations")
+    names = [image["file_name"] for image in images]
+    why = "a page must be listed once, with all its annotations"
+    _no_duplicates([os.path.normpath(n) for n in names], "images", "file_name", json_file, why, names)
 
     _require(
         categories,
@@ -296,25 +298,40 @@ def read_coco_json(json_file):
     return data
 
 
+# The class names of the jsons `read_coco_json` found usable in this process, by (path,
+# modification time, size): a dataset is loaded again for every evaluation, and by the
+# checks before training and by training.
+_CHECKED_JSONS = {}
+
+
+def _checked_classes(json_file):
+    """The class names, in id order, of `json_file`, checked by `read_coco_json` once per
+    version of the file and process."""
+    stat = os.stat(json_file)
+    key = (os.path.realpath(json_file), stat.st_mtime_ns, stat.st_size)
+    if key not in _CHECKED_JSONS:
+        categories = read_coco_json(json_file)["categories"]
+        _CHECKED_JSONS[key] = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    return _CHECKED_JSONS[key]
+
+
 def load_vl_coco_json(json_file, image_root, ocr_root, dataset_name=None):
     """
     `load_coco_json` records, each with "ocr_file": `ocr_root/<image path relative to
     image_root without extension>.json`.
 
-    The json is checked first (`read_coco_json`; with `dataset_name`, its classes must be
-    those the dataset was registered with). Each annotation then goes through
-    `fit_annotation`, as in the evaluation's ground truth: a bbox reaching outside its
-    image is clipped to it; one that is unreadable (not 4 finite numbers, width or height
-    <= 0) or lies outside its image is left out; one warning counts them.
+    The json is checked first (`read_coco_json`, once per version of the file and process;
+    with `dataset_name`, its classes must be those the dataset was registered with, if
+    any). Each annotation then goes through `fit_annotation`, as in the evaluation's
+    ground truth: a bbox reaching outside its image is clipped to it; one that is
+    unreadable (not 4 finite numbers, width or height <= 0) or lies outside its image is
+    left out; one warning counts them.
     """
-    data = read_coco_json(json_file)
-    if dataset_name is not None:
-        names = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
-        registered = MetadataCatalog.get(dataset_name).get("thing_classes")
-        if registered is not None and list(registered) != names:
-            problem = f"the classes {names} (in id order) are not those of dataset {dataset_name!r}: {registered}"
-            raise COCOFormatError(json_file, "categories", problem)
-    del data  # detectron2 reads the file again
+    names = _checked_classes(json_file)
+    registered = dataset_name and MetadataCatalog.get(dataset_name).get("thing_classes")
+    if registered and list(registered) != names:
+        problem = f"the classes {names} (in id order) are not those of dataset {dataset_name!r}: {registered}"
+        raise COCOFormatError(json_file, "categories", problem)
     records = load_coco_json(json_file, image_root, dataset_name)
     usable = UsableAnnotations()
     for record in records:
@@ -409,7 +426,9 @@ def check_ocr_files(records, dataset_names):
 
 def _check_contents(cfg, name, key, needs_ocr):
     """The checks of `check_datasets` that read the dataset `name` (of DATASETS.`key`)."""
+    start = time.perf_counter()
     records = DatasetCatalog.get(name)
+    logger.info(f"{name}: loaded {len(records)} pages in {time.perf_counter() - start:.1f} s to check them")
     metadata = MetadataCatalog.get(name)
     source = f"dataset {name!r} (DATASETS.{key}, {metadata.get('json_file', 'not a json')})"
     check_image_files(records, name)
