@@ -168,8 +168,12 @@ class COCOFormatError(ValueError):
         super().__init__(f"{path}: {field}: {problem}" if field else f"{path}: {problem}")
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_id(value):
-    return isinstance(value, (int, str)) and not isinstance(value, bool)
+    return _is_int(value) or isinstance(value, str)
 
 
 def _is_size(value):
@@ -257,14 +261,7 @@ def read_coco_json(json_file):
     why = "a page must be listed once, with all its annotations"
     _no_duplicates([os.path.normpath(n) for n in names], "images", "file_name", json_file, why, names)
 
-    _require(
-        categories,
-        "categories",
-        "id",
-        lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "an integer",
-        json_file,
-    )
+    _require(categories, "categories", "id", _is_int, "an integer", json_file)
     _require(categories, "categories", "name", lambda v: isinstance(v, str) and v, "a class name", json_file)
     _no_duplicates([c["id"] for c in categories], "categories", "id", json_file, "each class needs its own")
 
@@ -386,9 +383,6 @@ def check_image_files(records, dataset_name):
     image file (a wrong image root, or Git LFS pointers in place of the images); log a
     warning that counts and names those that lack one (training skips them, the
     evaluation leaves them out).
-
-    Returns:
-        the paths of the image files that cannot be read.
     """
     start = time.perf_counter()
     problems = [(r["file_name"], p) for r in records if (p := image_file_problem(r["file_name"])) is not None]
@@ -403,7 +397,6 @@ def check_image_files(records, dataset_name):
             f"{len(problems)} of the {len(records)} pages of dataset {dataset_name!r} have no usable image file, "
             f"skipped in training and left out of the evaluation: {_named(problems)}"
         )
-    return {path for path, _ in problems}
 
 
 def check_ocr_files(records, dataset_names):
@@ -480,24 +473,25 @@ def check_datasets(cfg, splits=("TRAIN", "TEST")):
                     f"tools/ocr.py --images {metadata.get('image_root')} --out {ocr_root}, or train without "
                     "OCR on the pages that lack it: INPUT.OCR.MISSING empty)"
                 )
-    if problems:
-        message = "; ".join(problems)
-        if unknown:
-            # detectron2's own built-ins (COCO, LVIS, Cityscapes, ...) would bury the relevant names.
-            builtin = {name for name in registered if DatasetCatalog[name].__module__.startswith("detectron2.")}
-            message += (
-                f". Registered datasets: {', '.join(sorted(registered - builtin)) or '(none)'} "
-                f"(plus {len(builtin)} detectron2 built-ins such as coco_2017_val). Register a COCO dataset "
-                "with --dataset NAME=JSON:IMAGE_ROOT[:OCR_ROOT] or DATASETS.REGISTER; the built-in ones "
-                "read $DETECTRON2_DATASETS (default ./datasets), see datasets/README.md."
-            )
-        raise KeyError(message)
-    checked = set()
-    for key in splits:
-        for name in cfg.DATASETS[key]:
-            if name not in checked:
-                checked.add(name)
-                _check_contents(cfg, name, key, needs_ocr)
+    if not problems:
+        checked = set()
+        for key in splits:
+            for name in cfg.DATASETS[key]:
+                if name not in checked:
+                    checked.add(name)
+                    _check_contents(cfg, name, key, needs_ocr)
+        return
+    message = "; ".join(problems)
+    if unknown:
+        # detectron2's own built-ins (COCO, LVIS, Cityscapes, ...) would bury the relevant names.
+        builtin = {name for name in registered if DatasetCatalog[name].__module__.startswith("detectron2.")}
+        message += (
+            f". Registered datasets: {', '.join(sorted(registered - builtin)) or '(none)'} "
+            f"(plus {len(builtin)} detectron2 built-ins such as coco_2017_val). Register a COCO dataset "
+            "with --dataset NAME=JSON:IMAGE_ROOT[:OCR_ROOT] or DATASETS.REGISTER; the built-in ones "
+            "read $DETECTRON2_DATASETS (default ./datasets), see datasets/README.md."
+        )
+    raise KeyError(message)
 
 
 def register_vl_coco(name, json_file, image_root, ocr_root=None, thing_classes=None):

@@ -105,7 +105,8 @@ class VLDatasetMapper(DatasetMapper):
       first and every 100th;
     * OCR made on another size of the page (W/H differ from the image): boxes rescaled
       to the image, with a warning;
-    * boxes outside the page: clipped, or dropped when their centre is outside.
+    * boxes outside the page: clipped, or dropped when their centre is outside (`load_ocr`
+      warns about lines off the page or far beyond it).
     """
 
     @configurable
