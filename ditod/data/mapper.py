@@ -132,7 +132,7 @@ class VLDatasetMapper(DatasetMapper):
         # Distinct pages: each epoch maps a page again.
         self.pages_without_ocr = set()
         self.unreadable_images = 0
-        # The current run of unreadable pages: its length and its first few pages.
+        # The current run of unreadable pages: its length and its first few distinct pages.
         self.consecutive_unreadable = 0
         self._run_start = []
 
@@ -161,8 +161,9 @@ class VLDatasetMapper(DatasetMapper):
     def _skip_unreadable(self, file_name, reason):
         self.unreadable_images += 1
         self.consecutive_unreadable += 1
-        if len(self._run_start) < 3:
-            self._run_start.append(f"{file_name} ({reason})")
+        named = f"{file_name} ({reason})"
+        if len(self._run_start) < 3 and named not in self._run_start:
+            self._run_start.append(named)
         logger.warning(
             f"Skipping {file_name}: cannot read the image ({reason}); "
             f"{self.unreadable_images} unreadable image(s) so far"
