@@ -318,6 +318,9 @@ def add_vit_config(cfg):
     # Read from unilm's configs and ignored (IGNORED_KEYS).
     _C.ICDAR_DATA_DIR_TRAIN = ""
     _C.ICDAR_DATA_DIR_TEST = ""
+    # Training stops when this many pages in a row (in one data-loader process) cannot be
+    # read, naming the first; 0: never (unreadable pages are skipped and counted).
+    _C.DATALOADER.MAX_CONSECUTIVE_UNREADABLE = 100
 
     # --------------------------------------------------------------- augmentation
     # With INPUT.CROP.ENABLED: crop the DETR way (unilm's AUG.DETR, which its code applies

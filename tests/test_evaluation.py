@@ -127,9 +127,44 @@ def test_ground_truth_leaves_out_the_annotations_the_loader_drops(bboxes, tmp_pa
     assert 20 < clean["AP"] < 80
     assert ours == clean
     assert warnings_of() == [
-        f"{tmp_path / 'with_unreadable.json'}: {len(bboxes)} annotation(s) with an unreadable bbox (not 4 finite "
-        f"numbers, or width/height <= 0) left out of the ground truth of {name}, as the loader drops them"
+        f"{tmp_path / 'with_unreadable.json'}: dropped {len(bboxes)} annotation(s) with an unreadable bbox (not 4 "
+        f"finite numbers, or width/height <= 0), the first on {coco['images'][0]['file_name']} (the ground truth "
+        f"of {name}, as training reads it)"
     ]
+
+
+def test_boxes_outside_their_image_are_clipped_or_dropped_as_in_training(tmp_path, warnings_of):
+    """Ground-truth boxes reaching outside their page are clipped to it, those outside it
+    dropped, as training reads them; "area" and "iscrowd" may be missing. Exact
+    predictions of what training reads then score 100."""
+    with open(SAMPLES_JSON) as f:
+        coco = json.load(f)
+    first, second = coco["images"][:2]
+    coco["annotations"] += [
+        {"id": 10**8, "image_id": first["id"], "category_id": 2, "bbox": [first["width"] - 50, 30, 200, 40]},
+        {"id": 10**8 + 1, "image_id": second["id"], "category_id": 3, "bbox": [-40, -20, 100, 60], "area": 6000.0},
+        {"id": 10**8 + 2, "image_id": second["id"], "category_id": 4, "bbox": [10, second["height"] + 5, 80, 40]},
+    ]
+    (tmp_path / "outside.json").write_text(json.dumps(coco))
+    name, records = registered(tmp_path / "outside.json")
+    predictions = [exact_predictions(record) for record in records]
+    ours = feed(VLCOCOEvaluator(name, tasks=("bbox",), distributed=False), records, predictions).evaluate()["bbox"]
+    assert ours["AP"] == pytest.approx(100.0)
+    json_file = tmp_path / "outside.json"
+    assert warnings_of() == [
+        f"{json_file}: dropped 1 annotation(s) whose bbox lies outside its image, the first on "
+        f"{second['file_name']}; clipped 2 annotation(s) whose bbox reaches outside its image to the image, the "
+        f"first on {first['file_name']} (the ground truth of {name}, as training reads it)",
+        f'{json_file}: 2 annotation(s) without "area" or "iscrowd" evaluated with the area of their bbox and iscrowd 0',
+    ]
+    # detectron2's evaluator on the raw json (which pycocotools fails to evaluate without
+    # "area" and "iscrowd"): the predictions miss the boxes outside.
+    for annotation in coco["annotations"][-3:]:
+        annotation.update(area=1000.0, iscrowd=0)
+    (tmp_path / "raw.json").write_text(json.dumps(coco))
+    raw_name, _ = registered(tmp_path / "raw.json")
+    raw = feed(COCOEvaluator(raw_name, tasks=("bbox",), distributed=False), records, predictions).evaluate()["bbox"]
+    assert raw["AP"] < 95 and raw["AP-text"] == pytest.approx(100.0)
 
 
 def test_unreadable_pages_are_left_out_not_counted_as_missed(warnings_of):

@@ -6,12 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
 from ditod import add_vit_config
-from ditod.data import build_resumable_train_loader
+from ditod.data import UnreadableDatasetError, VLDatasetMapper, build_resumable_train_loader
 
 
 def noisy_mapper(record):
@@ -74,9 +75,18 @@ def test_train_stream_resumes_exactly_whatever_the_workers(stream_dataset, group
 
 def test_missing_ocr_jsons_stop_the_loader_before_training(tmp_path):
     (tmp_path / "0.json").write_text("{}")
+    for i in range(3):
+        Image.new("RGB", (300, 400), "white").save(tmp_path / f"{i}.png")
+    # Page 3 has no image either: it is skipped for its image, not counted as lacking OCR.
     records = [
-        {"image_id": i, "file_name": f"{i}.png", "width": 300, "height": 400, "ocr_file": str(tmp_path / f"{i}.json")}
-        for i in range(3)
+        {
+            "image_id": i,
+            "file_name": str(tmp_path / f"{i}.png"),
+            "width": 300,
+            "height": 400,
+            "ocr_file": str(tmp_path / f"{i}.json"),
+        }
+        for i in range(4)
     ]
     DatasetCatalog.register("trainer_test_ocr_gaps", lambda: copy.deepcopy(records))
     try:
@@ -92,7 +102,7 @@ def test_missing_ocr_jsons_stop_the_loader_before_training(tmp_path):
                 False,
             ]
         )
-        with pytest.raises(FileNotFoundError, match=rf"2 of the 3 pages of trainer_test_ocr_gaps .* {tmp_path}/1.json"):
+        with pytest.raises(FileNotFoundError, match=rf"2 of the 4 pages of trainer_test_ocr_gaps .* {tmp_path}/1.json"):
             build_resumable_train_loader(cfg, noisy_mapper)
         for key, value in (("INPUT.OCR.MISSING", "empty"), ("MODEL.IMAGE_ONLY", True)):
             relaxed = cfg.clone()
@@ -100,3 +110,38 @@ def test_missing_ocr_jsons_stop_the_loader_before_training(tmp_path):
             assert next(iter(build_resumable_train_loader(relaxed, noisy_mapper)))
     finally:
         DatasetCatalog.remove("trainer_test_ocr_gaps")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_stream_stops_when_pages_cannot_be_read(tmp_path, workers):
+    """Git LFS pointer files in place of the images: the stream stops with the count and
+    the first pages, in the main process as in data-loader workers."""
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_text(f"version https://git-lfs.github.com/spec/v1\noid sha256:{i:064x}\nsize 9\n")
+    records = [
+        {"image_id": i, "file_name": str(tmp_path / f"{i}.png"), "width": 300, "height": 400, "annotations": []}
+        for i in range(3)
+    ]
+    name = f"loader_test_pointers_{workers}"
+    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
+    try:
+        cfg = get_cfg()
+        add_vit_config(cfg)
+        options = [
+            ("DATASETS.TRAIN", (name,)),
+            ("SOLVER.IMS_PER_BATCH", 2),
+            ("DATALOADER.NUM_WORKERS", workers),
+            ("DATALOADER.FILTER_EMPTY_ANNOTATIONS", False),
+            ("DATALOADER.MAX_CONSECUTIVE_UNREADABLE", 7),
+            ("MODEL.IMAGE_ONLY", True),
+        ]
+        cfg.merge_from_list([value for option in options for value in option])
+        loader = build_resumable_train_loader(cfg, VLDatasetMapper(cfg, True), seed=0)
+        with pytest.raises(UnreadableDatasetError) as error:
+            next(iter(loader))
+        assert "7 pages in a row could not be read (7 in all in this data-loader process), the first: " in str(
+            error.value
+        )
+        assert f"{tmp_path}/" in str(error.value) and ".png (a Git LFS pointer file, not the image" in str(error.value)
+    finally:
+        DatasetCatalog.remove(name)

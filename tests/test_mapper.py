@@ -16,7 +16,7 @@ from detectron2.utils.events import EventStorage
 
 import ditod.layoutlmv3 as layoutlmv3
 from conftest import tiny_cfg
-from ditod.data.mapper import VLDatasetMapper
+from ditod.data.mapper import UnreadableDatasetError, VLDatasetMapper
 from ditod.data.ocr import OCRFormatError, PageOCR, save_ocr
 from ditod.data.tokens import OCRTokenizer, train_tokenizer
 
@@ -444,3 +444,56 @@ def test_polygon_masks_stay_on_their_objects_through_crop_resize_flip(tokenizer_
         # Boxes are the masks' (recomputed after the crop).
         ys, xs = np.nonzero(mask)
         np.testing.assert_allclose(box.numpy(), [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=2)
+
+
+# What a clone without `git lfs pull` has in place of an image.
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 12345\n"
+
+
+def test_training_stops_after_consecutive_unreadable_pages(tokenizer_dir, page, tmp_path, caplog):
+    record = page[0]
+    (tmp_path / "pointer.png").write_text(LFS_POINTER)
+    unreadable = [dict(record, file_name=str(tmp_path / f"gone{i}.png")) for i in range(3)]
+    unreadable.append(dict(record, file_name=str(tmp_path / "pointer.png")))
+    mapper = VLDatasetMapper(make_cfg(tokenizer_dir, "DATALOADER.MAX_CONSECUTIVE_UNREADABLE", 5), is_train=True)
+    # A readable page ends a run: 4 + 4 unreadable pages in all, at most 4 in a row.
+    with caplog.at_level(logging.WARNING, logger="ditod.data.mapper"):
+        assert all(mapper(p) is None for p in unreadable)
+        assert mapper(record) is not None
+        assert all(mapper(p) is None for p in unreadable)
+    assert "pointer.png: cannot read the image (a Git LFS pointer file, not the image" in caplog.text
+    with pytest.raises(UnreadableDatasetError) as error:
+        mapper(unreadable[0])
+    message = str(error.value)
+    assert message.startswith("5 pages in a row could not be read (9 in all in this data-loader process), the first: ")
+    assert f"{tmp_path / 'gone0.png'} (missing); {tmp_path / 'gone1.png'} (missing); " in message
+    assert "DATALOADER.MAX_CONSECUTIVE_UNREADABLE" in message
+    # 0: skip unreadable pages, never stop.
+    patient = VLDatasetMapper(make_cfg(tokenizer_dir, "DATALOADER.MAX_CONSECUTIVE_UNREADABLE", 0), is_train=True)
+    assert all(patient(p) is None for p in unreadable * 50)
+    with pytest.raises(ValueError, match="MAX_CONSECUTIVE_UNREADABLE must be >= 0"):
+        VLDatasetMapper(make_cfg(tokenizer_dir, "DATALOADER.MAX_CONSECUTIVE_UNREADABLE", -1), is_train=True)
+
+
+def test_ocr_lines_far_off_the_page_are_counted_in_a_warning(tokenizer_dir, page, tmp_path, caplog):
+    record, texts, boxes, _ = page
+    # Line 3 at x = 1e12 (left out), line 7 stretched from -1e12 to 1e12 (clipped into a
+    # stripe across the page); a line a little past the edge is not worth a word.
+    boxes = boxes.copy()
+    boxes[3, 0] = 1e12
+    boxes[7, [0, 2]] = [-1e12, 2e12]
+    boxes[9, 2] += 30
+    save_ocr(tmp_path / "absurd.json", PageOCR(WIDTH, HEIGHT, texts, boxes))
+    mapper = mapper_with(make_cfg(tokenizer_dir, "INPUT.OCR.ORDER", "ocr"), [])
+    record = dict(record, ocr_file=str(tmp_path / "absurd.json"))
+    with caplog.at_level(logging.WARNING, logger="ditod.data.ocr"):
+        lines = token_lines(mapper(record), mapper.ocr_tokenizer.tokenizer)
+        mapper(record)  # the next epoch: warned once
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ditod.data.ocr"]
+    assert warnings == [
+        f"{tmp_path / 'absurd.json'}: 2 of the {len(texts)} OCR lines lie off the {WIDTH}x{HEIGHT} page or reach "
+        "more than a page beyond it (a line whose centre is off the page is left out, the others are clipped to "
+        f"the page), the first: bbox[3] {boxes[3].tolist()} of {texts[3]!r}"
+    ]
+    assert [t for t, _ in lines] == texts[:3] + texts[4:]
+    np.testing.assert_allclose(lines[6][1], [0, boxes[7, 1], WIDTH, boxes[7, 1] + boxes[7, 3]])

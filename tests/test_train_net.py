@@ -202,6 +202,68 @@ def test_missing_ocr_folder_is_a_clear_error_unless_pages_may_lack_ocr(data):
         assert train_net.setup(train_net.parse_args(args + extra)).DATASETS.TRAIN == ("no_ocr",)
 
 
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH must be >= 1, got 0"),
+        (
+            ["SOLVER.IMS_PER_BATCH", "3"],
+            "SOLVER.IMS_PER_BATCH (3), the images of one optimizer step, must be divisible",
+        ),
+        (["SOLVER.GRADIENT_ACCUMULATION_STEPS", "0"], "SOLVER.GRADIENT_ACCUMULATION_STEPS must be >= 1, got 0"),
+        (["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD must be >= 1, got 0"),
+        (["SOLVER.MAX_ITER", "-5", "TEST.EVAL_PERIOD", "-1"], "MAX_ITER must be >= 0, got -5; TEST.EVAL_PERIOD must"),
+        (["SOLVER.BASE_LR", "-0.1"], "SOLVER.BASE_LR must be a finite number >= 0, got -0.1"),
+    ],
+)
+def test_solver_values_are_checked_before_anything_is_built(data, opts, message, monkeypatch):
+    root, datasets, overrides = data
+    train_net = load_tool()
+    # Nothing is read or built: not even the datasets.
+    monkeypatch.setattr(train_net, "check_datasets", None)
+    options = ["--config-file", TINY_TEXT_CONFIG, "--num-gpus", "2", *datasets]
+    with pytest.raises(ValueError) as error:
+        train_net.setup(train_net.parse_args([*options, *map(str, overrides), *opts]))
+    assert message in str(error.value)
+    # --eval-only does not train: the solver does not matter.
+    monkeypatch.undo()
+    args = [*options, "--eval-only", *map(str, overrides), *opts, "MODEL.WEIGHTS", "model.pth"]
+    assert train_net.setup(train_net.parse_args(args)).DATASETS.TEST == ("pages_val",)
+
+
+@pytest.mark.parametrize("eval_only", [False, True], ids=["train", "eval-only"])
+def test_num_classes_is_checked_against_the_datasets(data, eval_only):
+    root, datasets, opts = data
+    train_net = load_tool()
+    args = ["--config-file", TINY_TEXT_CONFIG, *(["--eval-only"] if eval_only else []), *datasets, *map(str, opts)]
+    args += ["MODEL.WEIGHTS", "model.pth", "MODEL.ROI_HEADS.NUM_CLASSES", "5"]
+    with pytest.raises(ValueError, match="NUM_CLASSES is 5, but dataset 'pages_.*' .* has 10 classes .*CLASSES 10$"):
+        train_net.setup(train_net.parse_args(args))
+
+
+@pytest.mark.slow
+def test_a_json_that_is_not_coco_is_a_one_line_error(data, tmp_path):
+    root, datasets, opts = data
+    (tmp_path / "pages.json").write_text('[{"file_name": "a.png"}]')
+    result = run_train_net(
+        "--config-file",
+        TINY_TEXT_CONFIG,
+        "--dataset",
+        f"listed={tmp_path}/pages.json:{root}/train/images:{root}/train/ocr",
+        *opts,
+        "DATASETS.TRAIN",
+        '("listed",)',
+        "DATASETS.TEST",
+        "()",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f'train_net.py: error: {tmp_path}/pages.json: must be a COCO object with "images", "annotations" and '
+        '"categories", got a list'
+    )
+
+
 @pytest.mark.slow
 def test_unknown_dataset_or_missing_json_is_a_clear_error(data):
     root, datasets, opts = data
@@ -230,6 +292,7 @@ def test_unknown_dataset_or_missing_json_is_a_clear_error(data):
     [
         (["SOLVER.MAX_ITERS", "3"], "config override: Non-existent key: SOLVER.MAX_ITERS"),
         (["SOLVER.MAX_ITER", "3", "--resume"], "--resume comes after the KEY VALUE config overrides"),
+        (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH must be >= 1, got 0"),
     ],
 )
 def test_config_mistakes_are_one_line_errors(opts, message, tmp_path):

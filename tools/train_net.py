@@ -32,7 +32,7 @@ from detectron2.utils.logger import setup_logger
 
 from ditod import load_config
 from ditod.data import check_datasets, register_from_config, register_vl_coco
-from ditod.engine import VLDetectionCheckpointer, VLTrainer, WeightsError, configure_cpu_memory
+from ditod.engine import VLDetectionCheckpointer, VLTrainer, WeightsError, check_solver, configure_cpu_memory
 
 
 def dataset_spec(text):
@@ -44,16 +44,21 @@ def dataset_spec(text):
     return name, parts[0], parts[1], (parts[2] if len(parts) == 3 else "") or None
 
 
-def setup(args):
-    """The frozen config of `args`, with its datasets registered and checked."""
+def setup(args, check=True):
+    """The frozen config of `args`, with its datasets registered and, with `check`, the
+    config and datasets checked (`check_solver`, `check_datasets`: this reads the datasets)."""
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     register_from_config(cfg)
     for spec in args.dataset:
         register_vl_coco(*spec)
-    check_datasets(cfg, ("TEST",) if args.eval_only else ("TRAIN", "TEST"))
+    if not check:
+        return cfg
     if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
         raise ValueError("--eval-only evaluates MODEL.WEIGHTS: add MODEL.WEIGHTS path/to/model.pth")
+    if not args.eval_only:
+        check_solver(cfg, max(args.num_gpus, 1) * args.num_machines)
+    check_datasets(cfg, ("TEST",) if args.eval_only else ("TRAIN", "TEST"))
     return cfg
 
 
@@ -71,7 +76,7 @@ def share_cpu_cores(cfg):
 
 
 def main(args):
-    cfg = setup(args)
+    cfg = setup(args, check=False)  # checked before launch
     default_setup(cfg, args)
     # default_setup sets up detectron2's logger only; ditod's warnings (dropped
     # annotations, pages without OCR, ...) belong in the same log.
@@ -106,10 +111,26 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def checked_setup(args):
+    """`setup(args)`, its log (what the dataset checks found, how long they took) on stderr:
+    the run's own loggers are set up only once it starts."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s]: %(message)s", "%m/%d %H:%M:%S"))
+    loggers = [logging.getLogger(name) for name in ("ditod", "detectron2")]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        return setup(args)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
 if __name__ == "__main__":
     args = parse_args()
     try:
-        cfg = setup(args)  # fail on a bad config or dataset before any process starts
+        cfg = checked_setup(args)  # fail on a bad config or dataset before any process starts
     except (KeyError, ValueError, FileNotFoundError) as e:
         sys.exit(f"train_net.py: error: {e.args[0] if isinstance(e, KeyError) else e}")
     if cfg.MODEL.DEVICE == "cpu":

@@ -11,10 +11,17 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .datasets import image_file_problem
 from .ocr import OCRFormatError, PageOCR, fit_to_image, load_ocr
 from .tokens import OCRTokenizer
 
-__all__ = ["UnreadableImageError", "VLDatasetMapper", "build_vl_augmentation", "transform_ocr_boxes"]
+__all__ = [
+    "UnreadableDatasetError",
+    "UnreadableImageError",
+    "VLDatasetMapper",
+    "build_vl_augmentation",
+    "transform_ocr_boxes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,11 @@ class UnreadableImageError(OSError):
     """A page image that cannot be read (missing, empty, corrupt); the message names the file."""
 
 
+class UnreadableDatasetError(RuntimeError):
+    """Training cannot go on: too many pages in a row could not be read; the message counts
+    them and names the first."""
+
+
 class VLDatasetMapper(DatasetMapper):
     """
     detectron2's `DatasetMapper` (image read with EXIF orientation, augmentations,
@@ -87,33 +99,46 @@ class VLDatasetMapper(DatasetMapper):
     Bad input:
 
     * an image that cannot be read: skipped in training (logged, counted; detectron2's
-      loader takes another page), an `UnreadableImageError` naming the file at inference
-      (the evaluation leaves such a page out, see `ditod.engine.evaluation`);
+      loader takes another page) until DATALOADER.MAX_CONSECUTIVE_UNREADABLE pages in a
+      row (in one data-loader process) could not be read: then an `UnreadableDatasetError`
+      stops training; an `UnreadableImageError` naming the file at inference (the
+      evaluation leaves such a page out, see `ditod.engine.evaluation`);
     * OCR json missing or unusable (not UTF-8, not JSON, wrong fields): with
       INPUT.OCR.MISSING "error" the error names the file and the problem; with "empty"
       the page has zero tokens, counted (distinct pages, per process) and logged at the
       first and every 100th;
     * OCR made on another size of the page (W/H differ from the image): boxes rescaled
       to the image, with a warning;
-    * boxes outside the page: clipped, or dropped when their centre is outside.
+    * boxes outside the page: clipped, or dropped when their centre is outside (`load_ocr`
+      warns about lines off the page or far beyond it).
     """
 
     @configurable
-    def __init__(self, is_train, *, ocr_tokenizer=None, missing_ocr="error", **kwargs):
+    def __init__(self, is_train, *, ocr_tokenizer=None, missing_ocr="error", max_consecutive_unreadable=100, **kwargs):
         """
         Args:
             ocr_tokenizer: an `OCRTokenizer`; None for an image-only model.
             missing_ocr: "error" or "empty", what to do with a page without usable OCR.
+            max_consecutive_unreadable: in training, stop when this many pages in a row
+                cannot be read; 0: never.
             kwargs: the arguments of `DatasetMapper`.
         """
         super().__init__(is_train, **kwargs)
         if missing_ocr not in ("error", "empty"):
             raise ValueError(f"INPUT.OCR.MISSING must be 'error' or 'empty', got {missing_ocr!r}")
+        if max_consecutive_unreadable < 0:
+            raise ValueError(
+                f"DATALOADER.MAX_CONSECUTIVE_UNREADABLE must be >= 0 (0: never stop), got {max_consecutive_unreadable}"
+            )
         self.ocr_tokenizer = ocr_tokenizer
         self.missing_ocr = missing_ocr
+        self.max_consecutive_unreadable = max_consecutive_unreadable
         # Distinct pages: each epoch maps a page again.
         self.pages_without_ocr = set()
         self.unreadable_images = 0
+        # The current run of unreadable pages: its length and its first few distinct pages.
+        self.consecutive_unreadable = 0
+        self._run_start = []
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -121,20 +146,38 @@ class VLDatasetMapper(DatasetMapper):
         ret["augmentations"] = build_vl_augmentation(cfg, is_train)
         ret["ocr_tokenizer"] = None if cfg.MODEL.IMAGE_ONLY else OCRTokenizer.from_config(cfg)
         ret["missing_ocr"] = cfg.INPUT.OCR.MISSING
+        ret["max_consecutive_unreadable"] = cfg.DATALOADER.MAX_CONSECUTIVE_UNREADABLE
         return ret
 
     def _read_image(self, file_name):
         try:
-            return utils.read_image(file_name, format=self.image_format)
+            image = utils.read_image(file_name, format=self.image_format)
         except (OSError, SyntaxError) as e:  # PIL reports some broken files as SyntaxError
+            reason = image_file_problem(file_name) or str(e)
             if not self.is_train:
-                raise UnreadableImageError(f"{file_name}: cannot read the image ({e})") from e
-            self.unreadable_images += 1
-            logger.warning(
-                f"Skipping {file_name}: cannot read the image ({e}); "
-                f"{self.unreadable_images} unreadable image(s) so far"
-            )
+                raise UnreadableImageError(f"{file_name}: cannot read the image ({reason})") from e
+            self._skip_unreadable(file_name, reason)
             return None
+        self.consecutive_unreadable = 0
+        self._run_start.clear()
+        return image
+
+    def _skip_unreadable(self, file_name, reason):
+        self.unreadable_images += 1
+        self.consecutive_unreadable += 1
+        named = f"{file_name} ({reason})"
+        if len(self._run_start) < 3 and named not in self._run_start:
+            self._run_start.append(named)
+        logger.warning(
+            f"Skipping {file_name}: cannot read the image ({reason}); "
+            f"{self.unreadable_images} unreadable image(s) so far"
+        )
+        if self.max_consecutive_unreadable and self.consecutive_unreadable >= self.max_consecutive_unreadable:
+            raise UnreadableDatasetError(
+                f"{self.consecutive_unreadable} pages in a row could not be read ({self.unreadable_images} in all "
+                f"in this data-loader process), the first: {'; '.join(self._run_start)}. Training stops: check "
+                "the image files (DATALOADER.MAX_CONSECUTIVE_UNREADABLE sets how many pages in a row stop it)"
+            )
 
     def _read_ocr(self, dataset_dict, image_size):
         """The page's OCR at `image_size` (width, height); empty, or an error, when there

@@ -184,7 +184,9 @@ def load_ocr(path, image_size: tuple[int, int] | None = None) -> PageOCR:
         OCRFormatError: the file is not UTF-8 JSON in the OCR format; the message names
             the file and the offending field. Boxes must be [x, y, w, h] with finite
             numbers and w, h >= 0; boxes reaching outside the page are kept as they
-            are (the mapper clips them to the transformed image).
+            are (the mapper clips them to the transformed image), with a warning
+            (once per file and process) for lines off the page or reaching more than a
+            page beyond it.
     """
     path = Path(path)
     raw = path.read_bytes()
@@ -217,7 +219,34 @@ def load_ocr(path, image_size: tuple[int, int] | None = None) -> PageOCR:
         problem = f"{len(boxes)} boxes for {len(words)} words (must be one box per word)"
         raise OCRFormatError(path, "bbox", problem)
     page = PageOCR(width, height, words, boxes, _scores(data.get("scores"), len(words), path))
+    _warn_lines_off_page(page, path)
     return page if image_size is None else fit_to_image(page, image_size, path)
+
+
+# The files `_warn_lines_off_page` warned about in this process: training reads a page
+# again every epoch.
+_WARNED_OFF_PAGE = set()
+
+
+def _warn_lines_off_page(page, path):
+    """Warn, once per file and process, about lines whose box is off the page (the mapper
+    leaves out a line whose centre is off the page) or reaches more than a page beyond it
+    (absurd coordinates, which clipping would turn into a stripe across the page)."""
+    boxes = page.boxes_xyxy()
+    width, height = page.width, page.height
+    center_x, center_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    off = (center_x < 0) | (center_x > width) | (center_y < 0) | (center_y > height)
+    far = (boxes[:, 0] < -width) | (boxes[:, 2] > 2 * width) | (boxes[:, 1] < -height) | (boxes[:, 3] > 2 * height)
+    bad = np.flatnonzero(off | far)
+    if len(bad) == 0 or str(path) in _WARNED_OFF_PAGE:
+        return
+    _WARNED_OFF_PAGE.add(str(path))
+    first = int(bad[0])
+    logger.warning(
+        f"{path}: {len(bad)} of the {len(page)} OCR lines lie off the {width}x{height} page or reach more than a "
+        f"page beyond it (a line whose centre is off the page is left out, the others are clipped to the page), "
+        f"the first: bbox[{first}] {page.boxes[first].tolist()} of {page.words[first]!r}"
+    )
 
 
 def fit_to_image(page: PageOCR, image_size: tuple[int, int], source) -> PageOCR:

@@ -13,7 +13,7 @@ from .cpu_memory import configure_cpu_memory, keep_freed_cpu_memory
 from .evaluation import VLCOCOEvaluator, write_metrics
 from .optimizer import build_optimizer, layoutlmv3_param_groups, transformer_lr_factor
 from .predictor import PagePrediction, VLPredictor, model_classes
-from .trainer import AccumulatingTrainer, VLTrainer
+from .trainer import AccumulatingTrainer, VLTrainer, check_solver
 
 __all__ = [
     "AccumulatingTrainer",
@@ -30,6 +30,7 @@ __all__ = [
     "WeightsError",
     "blocks_markdown",
     "build_optimizer",
+    "check_solver",
     "checkpoint_info",
     "configure_cpu_memory",
     "convert_huggingface_layout",

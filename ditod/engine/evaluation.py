@@ -1,9 +1,10 @@
 """
 COCO evaluation (boxes, and masks for a model with masks) on what the loader reads.
 
-* Annotations with an unreadable bbox: `load_vl_coco_json` drops them, but detectron2's
-  `COCOEvaluator` reads the raw json, where they crash pycocotools or change the AP.
-  `VLCOCOEvaluator` leaves the same annotations out of its ground truth.
+* Annotations: `load_vl_coco_json` clips a bbox that reaches outside its image and leaves
+  out one that is unreadable or outside its image, but detectron2's `COCOEvaluator` reads
+  the raw json, where such boxes crash pycocotools or change the AP. `VLCOCOEvaluator`'s
+  ground truth goes through the same rule (`ditod.data.datasets.fit_annotation`).
 * Pages whose image cannot be read: the test loader turns them into markers
   (`map_or_mark_unreadable`), `SkipUnreadablePages` keeps them away from the model and
   `VLCOCOEvaluator` leaves them out of the evaluation, so that one corrupt page neither
@@ -23,7 +24,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
-from ..data.datasets import readable_bbox
+from ..data.datasets import UsableAnnotations
 from ..data.mapper import UnreadableImageError
 
 __all__ = ["UNREADABLE", "SkipUnreadablePages", "VLCOCOEvaluator", "map_or_mark_unreadable", "write_metrics"]
@@ -65,27 +66,44 @@ class SkipUnreadablePages(nn.Module):
 
 class VLCOCOEvaluator(COCOEvaluator):
     """
-    `COCOEvaluator` whose ground truth leaves out the annotations `load_vl_coco_json`
-    drops (`readable_bbox`), and which leaves the pages the test loader could not read
-    (markers, see `map_or_mark_unreadable`) out of the evaluation; both with a warning.
+    `COCOEvaluator` whose ground truth is the annotations as training reads them (bboxes
+    clipped to their image, those `load_vl_coco_json` leaves out left out: see
+    `ditod.data.datasets.fit_annotation`), and which leaves the pages the test loader could
+    not read (markers, see `map_or_mark_unreadable`) out of the evaluation; both with a
+    warning. An annotation without "area" or "iscrowd" (which pycocotools needs and
+    training does not) gets its bbox's area and 0, counted in a warning.
     """
 
     def __init__(self, dataset_name, *args, **kwargs):
         super().__init__(dataset_name, *args, **kwargs)
         if not self._do_evaluation:
             return
-        annotations = self._coco_api.dataset["annotations"]
-        kept = [a for a in annotations if readable_bbox(a.get("bbox"))]
-        if len(kept) == len(annotations):
-            return
-        logger.warning(
-            f"{self._metadata.json_file}: {len(annotations) - len(kept)} annotation(s) with an unreadable "
-            f"bbox (not 4 finite numbers, or width/height <= 0) left out of the ground truth of "
-            f"{dataset_name}, as the loader drops them"
-        )
-        self._coco_api.dataset["annotations"] = kept
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-            self._coco_api.createIndex()
+        usable, completed, kept = UsableAnnotations(), 0, []
+        images = self._coco_api.imgs
+        for annotation in self._coco_api.dataset["annotations"]:
+            image = images.get(annotation["image_id"])
+            if image is None:  # on no page: the evaluation never looks at it
+                kept.append(annotation)
+                continue
+            for fitted in usable([annotation], image["width"], image["height"], image["file_name"]):
+                if "area" not in fitted or "iscrowd" not in fitted:
+                    completed += 1
+                    fitted = {"area": fitted["bbox"][2] * fitted["bbox"][3], "iscrowd": 0, **fitted}
+                kept.append(fitted)
+        json_file = self._metadata.json_file
+        if usable.counts:
+            logger.warning(
+                f"{json_file}: {usable.summary()} (the ground truth of {dataset_name}, as training reads it)"
+            )
+        if completed:
+            logger.warning(
+                f'{json_file}: {completed} annotation(s) without "area" or "iscrowd" evaluated with the area of '
+                "their bbox and iscrowd 0"
+            )
+        if usable.counts or completed:
+            self._coco_api.dataset["annotations"] = kept
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+                self._coco_api.createIndex()
 
     def reset(self):
         super().reset()

@@ -29,6 +29,7 @@ read does not stop it: the page is left out, with a warning that names it (see
 """
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -52,9 +53,43 @@ from .checkpoint import VLDetectionCheckpointer
 from .evaluation import SkipUnreadablePages, VLCOCOEvaluator, map_or_mark_unreadable, write_metrics
 from .optimizer import build_optimizer
 
-__all__ = ["AccumulatingTrainer", "VLTrainer"]
+__all__ = ["AccumulatingTrainer", "VLTrainer", "check_solver"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_solver(cfg, num_processes):
+    """
+    Raise ValueError, naming the keys, for solver values training cannot run with, before
+    anything is built: SOLVER.IMS_PER_BATCH or SOLVER.GRADIENT_ACCUMULATION_STEPS below 1,
+    an IMS_PER_BATCH not divisible by the accumulation steps times `num_processes`, a
+    SOLVER.CHECKPOINT_PERIOD below 1, a negative SOLVER.MAX_ITER, SOLVER.WARMUP_ITERS or
+    TEST.EVAL_PERIOD, a negative or non-finite SOLVER.BASE_LR.
+    """
+    solver = cfg.SOLVER
+    problems = []
+    minimums = {
+        "SOLVER.IMS_PER_BATCH": 1,
+        "SOLVER.GRADIENT_ACCUMULATION_STEPS": 1,
+        "SOLVER.CHECKPOINT_PERIOD": 1,
+        "SOLVER.MAX_ITER": 0,
+        "SOLVER.WARMUP_ITERS": 0,
+        "TEST.EVAL_PERIOD": 0,
+    }
+    for key, minimum in minimums.items():
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if value < minimum:
+            problems.append(f"{key} must be >= {minimum}, got {value}")
+    if not (math.isfinite(solver.BASE_LR) and solver.BASE_LR >= 0):
+        problems.append(f"SOLVER.BASE_LR must be a finite number >= 0, got {solver.BASE_LR}")
+    accumulation = solver.GRADIENT_ACCUMULATION_STEPS
+    if not problems and solver.IMS_PER_BATCH % (accumulation * num_processes):
+        problems.append(
+            f"SOLVER.IMS_PER_BATCH ({solver.IMS_PER_BATCH}), the images of one optimizer step, must be divisible "
+            f"by SOLVER.GRADIENT_ACCUMULATION_STEPS ({accumulation}) times the number of processes ({num_processes})"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 # ------------------------------------------------------------------- training loop
@@ -194,16 +229,8 @@ class VLTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        check_solver(cfg, comm.get_world_size())
         accumulation = cfg.SOLVER.GRADIENT_ACCUMULATION_STEPS
-        world = comm.get_world_size()
-        if accumulation < 1:
-            raise ValueError(f"SOLVER.GRADIENT_ACCUMULATION_STEPS must be >= 1, got {accumulation}")
-        if cfg.SOLVER.IMS_PER_BATCH % (accumulation * world):
-            raise ValueError(
-                f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}), the images of one optimizer step, "
-                f"must be divisible by SOLVER.GRADIENT_ACCUMULATION_STEPS ({accumulation}) times the "
-                f"number of processes ({world})"
-            )
         on_gpu = torch.device(cfg.MODEL.DEVICE).type == "cuda"
         amp = cfg.SOLVER.AMP.ENABLED and on_gpu
         if cfg.SOLVER.AMP.ENABLED and not on_gpu:
