@@ -14,7 +14,7 @@ from detectron2.modeling import build_model
 from conftest import tiny_cfg, tiny_layoutlmv3
 from ditod.data import register_vl_coco
 from ditod.data.tokens import train_tokenizer
-from ditod.engine.checkpoint import VLDetectionCheckpointer, WeightsError
+from ditod.engine.checkpoint import VLDetectionCheckpointer, WeightsError, checkpoint_info
 from ditod.layoutlmv3 import load_tokenizer
 
 # A narrower LayoutLMv3 than the tiny config's (hidden 48).
@@ -176,6 +176,9 @@ def test_save_writes_the_class_names_and_category_ids_of_the_training_dataset(tm
     # load() hands back the non-model entries.
     extras = VLDetectionCheckpointer(torch.nn.Linear(2, 2)).load(str(tmp_path / "after.pth"))
     assert extras == {"thing_classes": ["Paragraph", "Heading", "Picture"], "category_ids": [3, 7, 12], "iteration": 5}
+    # So does checkpoint_info, without a model; a file of weights alone has nothing else.
+    assert checkpoint_info(str(tmp_path / "after.pth")) == extras
+    assert checkpoint_info(str(tmp_path / "before.pth")) == {}
 
 
 # ------------------------------------------------------ Hugging Face weights files

@@ -397,13 +397,15 @@ class VLDetectionCheckpointer(DetectionCheckpointer):
 
 
 def checkpoint_info(path) -> dict:
-    """What a weights file holds besides the weights (the class names and ids, the tokenizer
+    """What a checkpoint holds besides the weights (the class names and ids, the tokenizer
     training saved), read as `VLDetectionCheckpointer.load` reads it, without a model; {} for
     a file of weights only (a model-zoo .pkl, Hugging Face weights, a plain state dict)."""
-    checkpointer = VLDetectionCheckpointer(torch.nn.Module())
     if os.path.isdir(path):
         path = weights_file_in(path)
-    loaded = checkpointer._load_file(checkpointer.path_manager.get_local_path(path))
+    if path.endswith((".pkl", ".pyth", ".safetensors")):
+        return {}
+    checkpointer = VLDetectionCheckpointer(torch.nn.Module())
+    loaded = checkpointer._torch_load(checkpointer.path_manager.get_local_path(path))
     if not isinstance(loaded, dict) or "model" not in loaded:
         return {}
-    return {key: value for key, value in loaded.items() if key not in ("model", "matching_heuristics", "__author__")}
+    return {key: value for key, value in loaded.items() if key != "model"}
