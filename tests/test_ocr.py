@@ -28,6 +28,7 @@ from ditod.data.ocr import (
     pdf_text_layer,
     read_pdf_page,
     save_ocr,
+    word_agreement,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,6 +154,24 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["page.json"]
 
 
+def page(*lines):
+    return PageOCR(100, 100, list(lines), np.zeros((len(lines), 4)))
+
+
+def test_word_agreement_matches_words_page_by_page():
+    reference = [page("Layout analysis of", "documents"), page("the the end"), page()]
+    # Page 1: the same words on other lines; page 2: one "the" lost and "end" misread; page 3: an added word.
+    candidate = [page("Layout", "analysis of documents"), page("the and"), page("noise")]
+    agreement = word_agreement(reference, candidate)
+    assert (agreement.matched, agreement.reference_words, agreement.candidate_words) == (5, 7, 7)
+    assert agreement.recall == agreement.precision == agreement.f1 == pytest.approx(5 / 7)
+    # A word on the wrong page does not match.
+    assert word_agreement([page("a"), page("b")], [page("b"), page("a")]).f1 == 0
+    assert word_agreement([page("a b")], [page("a")]).precision == 1 and word_agreement([], []).f1 == 1
+    with pytest.raises(ValueError, match="2 reference pages but 1 candidate"):
+        word_agreement([page(), page()], [page()])
+
+
 # ---------------------------------------------------------------- PaddleOCR
 
 # The fixture's lines as xywh, worked out by hand from its polygons.
@@ -231,6 +250,18 @@ def test_rapidocr_reads_lines_where_they_are_drawn(rapidocr):
     assert len(rapidocr(np.full((200, 200, 3), 255, np.uint8))) == 0  # a blank page
     with pytest.raises(ValueError, match="expected an RGB image"):
         rapidocr(image[:, :, 0])
+
+
+def test_rapidocr_presets_read_the_same_short_and_long_lines(rapidocr):
+    # "fast" leaves lines shorter than 320 px (at 48 px high) unpadded; "full" pads them.
+    image = np.full((200, 420, 3), 255, np.uint8)
+    for y, text in ((50, "METHODS"), (110, "Results of the layout model"), (170, "42")):
+        cv2.putText(image, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 0, 0), 2)
+    fast, full = rapidocr(image), build_ocr_engine("rapidocr", preset="full")(image)
+    assert fast.words == full.words == ["METHODS", "Results of the layout model", "42"]
+    np.testing.assert_allclose(fast.boxes, full.boxes)
+    with pytest.raises(ValueError, match="unknown rapidocr preset 'turbo'"):
+        build_ocr_engine("rapidocr", preset="turbo")
 
 
 @pytest.mark.slow

@@ -42,6 +42,7 @@ from detectron2.data.detection_utils import read_image
 
 from ditod.data.ocr import (
     OCR_ENGINES,
+    RAPIDOCR_PRESETS,
     OCRFormatError,
     atomic_write,
     build_ocr_engine,
@@ -423,6 +424,12 @@ def get_parser():
         choices=sorted(OCR_ENGINES),
         help="OCR engine (for --pdf: used only on pages without a text layer)",
     )
+    parser.add_argument(
+        "--rapidocr-preset",
+        default="fast",
+        choices=sorted(RAPIDOCR_PRESETS),
+        help="settings of --engine rapidocr: fast (default) or full (rapidocr's own)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument(
         "--shard", type=parse_shard, default=(0, 1), metavar="K/N", help="do only shard K of N (0-based)"
@@ -452,7 +459,8 @@ def main(argv=None) -> int:
 
     handlers = {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = run_ocr(jobs, engine=args.engine, workers=args.workers, dpi=args.dpi, overwrite=args.overwrite)
+        engine_kwargs = {"preset": args.rapidocr_preset} if args.engine == "rapidocr" else {}
+        summary = run_ocr(jobs, args.engine, args.workers, args.dpi, args.overwrite, engine_kwargs)
     except Interrupted as e:  # while checking the pages done earlier, before any OCR
         summary = RunSummary(interrupted=str(e), not_done=len(jobs))
     finally:
