@@ -362,11 +362,11 @@ def run_ocr(
     summary = RunSummary()
     todo = []
     for job in jobs:
-        problem = None if overwrite or not job.done() else _unloadable_output(job)
-        if problem:
+        if overwrite or not job.done():
+            todo.append(job)
+        elif problem := _unloadable_output(job):
             logger.warning(f"redoing {job.key}: {problem}")
             summary.redone.append((job.key, problem))
-        if overwrite or problem or not job.done():
             todo.append(job)
     summary.skipped = len(jobs) - len(todo)
     workers = max(1, min(workers, len(todo)))
