@@ -1,14 +1,19 @@
 """OCR json I/O, the OCR engines, PDF text layers and tools/ocr.py."""
 
+import contextlib
 import importlib.util
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import pymupdf
 import pytest
 
@@ -23,6 +28,7 @@ from ditod.data.ocr import (
     pdf_text_layer,
     read_pdf_page,
     save_ocr,
+    word_agreement,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +154,24 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["page.json"]
 
 
+def page(*lines):
+    return PageOCR(100, 100, list(lines), np.zeros((len(lines), 4)))
+
+
+def test_word_agreement_matches_words_page_by_page():
+    reference = [page("Layout analysis of", "documents"), page("the the end"), page()]
+    # Page 1: the same words on other lines; page 2: one "the" lost and "end" misread; page 3: an added word.
+    candidate = [page("Layout", "analysis of documents"), page("the and"), page("noise")]
+    agreement = word_agreement(reference, candidate)
+    assert (agreement.matched, agreement.reference_words, agreement.candidate_words) == (5, 7, 7)
+    assert agreement.recall == agreement.precision == agreement.f1 == pytest.approx(5 / 7)
+    # A word on the wrong page does not match.
+    assert word_agreement([page("a"), page("b")], [page("b"), page("a")]).f1 == 0
+    assert word_agreement([page("a b")], [page("a")]).precision == 1 and word_agreement([], []).f1 == 1
+    with pytest.raises(ValueError, match="2 reference pages but 1 candidate"):
+        word_agreement([page(), page()], [page()])
+
+
 # ---------------------------------------------------------------- PaddleOCR
 
 # The fixture's lines as xywh, worked out by hand from its polygons.
@@ -226,6 +250,18 @@ def test_rapidocr_reads_lines_where_they_are_drawn(rapidocr):
     assert len(rapidocr(np.full((200, 200, 3), 255, np.uint8))) == 0  # a blank page
     with pytest.raises(ValueError, match="expected an RGB image"):
         rapidocr(image[:, :, 0])
+
+
+def test_rapidocr_presets_read_the_same_short_and_long_lines(rapidocr):
+    # "fast" leaves lines shorter than 320 px (at 48 px high) unpadded; "full" pads them.
+    image = np.full((200, 420, 3), 255, np.uint8)
+    for y, text in ((50, "METHODS"), (110, "Results of the layout model"), (170, "42")):
+        cv2.putText(image, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 0, 0), 2)
+    fast, full = rapidocr(image), build_ocr_engine("rapidocr", preset="full")(image)
+    assert fast.words == full.words == ["METHODS", "Results of the layout model", "42"]
+    np.testing.assert_allclose(fast.boxes, full.boxes)
+    with pytest.raises(ValueError, match="unknown rapidocr preset 'turbo'"):
+        build_ocr_engine("rapidocr", preset="turbo")
 
 
 @pytest.mark.slow
@@ -456,3 +492,136 @@ def test_tool_subprocess_with_workers(tmp_path):
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
     for rel, word in words.items():
         assert load_ocr((out / rel).with_suffix(".json")).words == [word]
+
+
+def test_rerun_redoes_jsons_that_do_not_load(tmp_path, ocr_tool, capsys, caplog, monkeypatch):
+    class OneLine(FixedEngine):
+        def __init__(self, threads=None):
+            super().__init__()
+
+    monkeypatch.setitem(ocr_tool.OCR_ENGINES, "one line", OneLine)
+    images, out = tmp_path / "images", tmp_path / "ocr"
+    images.mkdir()
+    for name in ("good", "truncated", "not_ocr"):
+        cv2.imwrite(str(images / f"{name}.png"), np.full((20, 30, 3), 255, np.uint8))
+    args = ["--images", str(images), "--out", str(out), "--engine", "one line"]
+    assert ocr_tool.main(args) == 0
+    good_mtime = (out / "good.json").stat().st_mtime_ns
+    (out / "truncated.json").write_bytes((out / "truncated.json").read_bytes()[:-10])  # a run killed mid-write
+    (out / "not_ocr.json").write_text('{"words": []}')
+    capsys.readouterr()
+
+    assert ocr_tool.main(args) == 0
+    summary = capsys.readouterr().out
+    assert "2 pages" in summary and "1 skipped" in summary and "2 redone" in summary, summary
+    assert "truncated.png: " in caplog.text and "not valid JSON" in caplog.text
+    assert "not_ocr.png: " in caplog.text and "W: missing" in caplog.text
+    for name in ("good", "truncated", "not_ocr"):
+        assert load_ocr(out / f"{name}.json").words == ["from OCR"]
+    assert (out / "good.json").stat().st_mtime_ns == good_mtime
+
+
+# tools/ocr.py with an engine that takes `seconds` a page: pages that run long enough to be
+# interrupted. The pool's workers run this file again (as __mp_main__), so they have the engine too.
+SLOW_TOOL = """
+import sys
+import time
+
+sys.path.insert(0, {tools!r})
+import ocr as ocr_tool
+
+from ditod.data.ocr import OCR_ENGINES, OCREngine, PageOCR
+
+
+class SlowEngine(OCREngine):
+    def __init__(self, threads=None):
+        super().__init__()
+
+    def recognize(self, image_bgr):
+        time.sleep({seconds})
+        height, width = image_bgr.shape[:2]
+        return PageOCR(width, height, ["slow"], [[0, 0, width, height]])
+
+
+OCR_ENGINES["slow"] = SlowEngine
+
+if __name__ == "__main__":
+    sys.exit(ocr_tool.main(sys.argv[1:]))
+"""
+
+
+def still_running(processes, timeout):
+    """The processes still running (zombies count as ended) after waiting up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = []
+        for process in processes:
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    running.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    "signum, workers, group",
+    [
+        pytest.param(signal.SIGTERM, 2, False, id="SIGTERM"),
+        pytest.param(signal.SIGKILL, 2, False, id="SIGKILL"),
+        pytest.param(signal.SIGINT, 1, False, id="SIGINT without pool"),
+        pytest.param(signal.SIGINT, 2, True, id="Ctrl-C to the group", marks=pytest.mark.slow),
+    ],
+)
+def test_interrupted_tool_leaves_no_process_and_reports(tmp_path, signum, workers, group):
+    images, out = tmp_path / "images", tmp_path / "ocr"
+    images.mkdir()
+    for i in range(6 * workers):
+        cv2.imwrite(str(images / f"page{i:02d}.png"), np.full((20, 30, 3), 255, np.uint8))
+    script = tmp_path / "slow_ocr.py"
+    script.write_text(SLOW_TOOL.format(tools=str(REPO / "tools"), seconds=1.0))
+    cmd = [sys.executable, str(script), "--images", str(images), "--out", str(out), "--engine", "slow"]
+    # Output to files: pipes would stay open as long as any orphan holds them.
+    stdout_file, stderr_file = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(stdout_file, "w") as stdout, open(stderr_file, "w") as stderr:
+        tool = subprocess.Popen(
+            cmd + ["--workers", str(workers)], stdout=stdout, stderr=stderr, cwd=REPO, start_new_session=True
+        )
+    children = []
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.json")):
+            assert tool.poll() is None, stderr_file.read_text()
+            assert time.monotonic() < deadline, "no page done in 120 s"
+            time.sleep(0.05)
+        children = psutil.Process(tool.pid).children(recursive=True)
+        if workers > 1:  # the workers, the forkserver and the resource tracker
+            assert len(children) >= workers + 2, children
+        if group:
+            os.killpg(tool.pid, signum)
+        else:
+            tool.send_signal(signum)
+        tool.wait(timeout=60)
+        left = still_running(children, timeout=20)
+    finally:  # on failure, end whatever this test started
+        if tool.poll() is None:
+            tool.kill()
+        for process in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+    assert left == []
+    stdout, stderr = stdout_file.read_text(), stderr_file.read_text()
+
+    done = sorted(out.glob("*.json"))
+    assert 1 <= len(done) < 6 * workers
+    assert all(load_ocr(path).words == ["slow"] for path in done)
+    if signum == signal.SIGKILL:
+        assert tool.returncode == -signal.SIGKILL
+        return
+    assert tool.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr, stderr
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name}" in stdout and "pages not done (rerun to resume)" in stdout, stdout
+    assert f"OCR: {len(done)} pages" in stdout, stdout

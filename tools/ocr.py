@@ -9,17 +9,23 @@ Images (png/jpg/jpeg/tif/tiff/bmp, any case) are found recursively; each gets
 (1-based page number) plus ``<out>/<pdf stem>_p0001.json`` from its text layer, or
 from OCR when the page has none.
 
-Pages whose json exists are skipped, so an interrupted run resumes where it stopped.
+Pages whose json exists and loads are skipped, so an interrupted run resumes where it
+stopped; a json that does not load (truncated, not the OCR format) is redone and counted.
+SIGINT (Ctrl-C) or SIGTERM stops the run: it prints what it finished and exits 130 or
+143; the worker processes end with the tool, also when it is killed.
 ``--shard K/N`` keeps the pages whose relative path hashes to K modulo N, a split
 that is the same on every machine. A page that fails is reported at the end and
 the exit status is 1; the other pages are done all the same.
 """
 
 import argparse
+import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -33,7 +39,16 @@ from tqdm import tqdm
 
 from detectron2.data.detection_utils import read_image
 
-from ditod.data.ocr import OCR_ENGINES, atomic_write, build_ocr_engine, read_pdf_page, save_ocr
+from ditod.data.ocr import (
+    OCR_ENGINES,
+    RAPIDOCR_PRESETS,
+    OCRFormatError,
+    atomic_write,
+    build_ocr_engine,
+    load_ocr,
+    read_pdf_page,
+    save_ocr,
+)
 from ditod.data.pages import IMAGE_SUFFIXES, Page, check_unique_names, find_files, in_shard, parse_shard, pdf_pages
 
 logger = logging.getLogger("ditod.tools.ocr")
@@ -71,6 +86,9 @@ class RunSummary:
     sources: Counter = field(default_factory=Counter)
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     failures: list[tuple[str, str]] = field(default_factory=list)
+    redone: list[tuple[str, str]] = field(default_factory=list)  # existing jsons that did not load
+    interrupted: str | None = None  # the signal that stopped the run
+    not_done: int = 0  # pages left when it stopped
 
     def report(self) -> str:
         rate = self.pages / self.seconds if self.seconds > 0 else 0.0
@@ -79,6 +97,10 @@ class RunSummary:
             f"{self.skipped} skipped (already done), {self.without_text} without text, "
             f"{len(self.failures)} failed"
         ]
+        if self.redone:
+            lines.append(f"{len(self.redone)} redone: their json from an earlier run did not load (see the log)")
+        if self.interrupted:
+            lines.append(f"interrupted by {self.interrupted}: {self.not_done} pages not done (rerun to resume)")
         if set(self.sources) - {"ocr"}:
             lines.append("text from: " + ", ".join(f"{k} {v}" for k, v in sorted(self.sources.items())))
         total = sum(self.stage_seconds.values())
@@ -215,12 +237,36 @@ def _pool_context():
     return context
 
 
+def _exit_with_parent(lifeline):
+    """End this worker as soon as the tool's end of `lifeline` closes: the tool exited, was
+    killed (even by SIGKILL, which no handler sees) or is stopping the pool."""
+    with contextlib.suppress(EOFError, OSError):
+        lifeline.recv_bytes()
+    os._exit(1)
+
+
+def _init_pool_worker(lifeline, *init_args):
+    # Ctrl-C reaches the whole process group; the tool answers it and ends the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(lifeline,), daemon=True).start()
+    _init_worker(*init_args)
+
+
 def _results_in_pool(jobs: Sequence[Job], workers: int, init_args: tuple):
-    """Yield each job's PageResult as workers finish them (at most 4 jobs queued per worker)."""
-    pending = {}
+    """Yield each job's PageResult as workers finish them (at most 4 jobs queued per worker).
+
+    The workers hold the reading end of a pipe whose writing end only this process has
+    (the lifeline): when this process dies, or this generator ends early (an exception,
+    a signal, close()), the pipe closes and every worker ends at once instead of finishing
+    its queued pages. The pool's forkserver and resource tracker then end with the tool.
+    """
+    pending, ended = {}, False
     todo = iter(jobs)
     context = _pool_context()
-    with ProcessPoolExecutor(workers, context, initializer=_init_worker, initargs=init_args) as pool:
+    lifeline, keep_alive = context.Pipe(duplex=False)
+    init_args = (lifeline, *init_args)
+    pool = ProcessPoolExecutor(workers, context, initializer=_init_pool_worker, initargs=init_args)
+    try:
         while True:
             for job in todo:
                 try:
@@ -231,6 +277,7 @@ def _results_in_pool(jobs: Sequence[Job], workers: int, init_args: tuple):
                 if len(pending) >= 4 * workers:
                     break
             if not pending:
+                ended = True
                 return
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -239,6 +286,42 @@ def _results_in_pool(jobs: Sequence[Job], workers: int, init_args: tuple):
                     yield future.result()
                 except Exception as e:  # the worker process died (killed, out of memory, crash)
                     yield PageResult(job.key, error=f"worker process failed: {type(e).__name__}: {e}")
+    finally:
+        if not ended:  # stopped early: the workers end now, whatever page they are on
+            keep_alive.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        keep_alive.close()
+        lifeline.close()
+
+
+def _results_inline(jobs: Sequence[Job], init_args: tuple):
+    _init_worker(*init_args)
+    for job in jobs:
+        yield _process(job)
+
+
+def _unloadable_output(job: Job) -> str | None:
+    """Why the json of a page done earlier cannot be used (None when it loads)."""
+    try:
+        load_ocr(job.out_json)
+    except (OCRFormatError, OSError) as e:
+        return str(e)
+    return None
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached the tool (a BaseException, so that no page's error handling takes it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    # A second signal would break the clean-up of the first: ignored from now on.
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 def run_ocr(
@@ -247,35 +330,52 @@ def run_ocr(
     workers: int = 1,
     dpi: float = 144,
     overwrite: bool = False,
+    engine_kwargs: dict | None = None,
 ) -> RunSummary:
     """OCR the pages of `jobs` that are not done yet, with `workers` processes.
 
-    Each worker builds its engine once; onnxruntime's threads are shared out so that
-    the workers together use the cores available to this process.
+    A page is done when its files exist and its json loads; a json that does not load is
+    redone (listed in ``RunSummary.redone``). Each worker builds its engine once, with
+    `engine_kwargs`; onnxruntime's threads are shared out so that the workers together
+    use the cores available to this process. An :class:`Interrupted` raised while pages
+    run (the tool's SIGINT/SIGTERM handler) stops the run: the workers end, and the
+    summary counts what was finished and sets ``interrupted``.
     """
     summary = RunSummary()
-    todo = [job for job in jobs if overwrite or not job.done()]
+    todo = []
+    for job in jobs:
+        if overwrite or not job.done():
+            todo.append(job)
+        elif problem := _unloadable_output(job):
+            logger.warning(f"redoing {job.key}: {problem}")
+            summary.redone.append((job.key, problem))
+            todo.append(job)
     summary.skipped = len(jobs) - len(todo)
     workers = max(1, min(workers, len(todo)))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    init_args = (engine, {"threads": max(1, cores // workers)}, dpi)
+    init_args = (engine, {"threads": max(1, cores // workers), **(engine_kwargs or {})}, dpi)
 
     start = time.perf_counter()
-    if workers == 1:
-        _init_worker(*init_args)
-        results = map(_process, todo)
-    else:
-        results = _results_in_pool(todo, workers, init_args)
-    for result in tqdm(results, total=len(todo), desc="OCR", unit="page", disable=not todo):
-        if result.error:
-            summary.failures.append((result.key, result.error))
-            tqdm.write(f"failed: {result.key}: {result.error}", file=sys.stderr)
-            continue
-        summary.pages += 1
-        summary.without_text += result.lines == 0
-        summary.sources[result.source] += 1
-        for stage, seconds in result.stage_seconds.items():
-            summary.stage_seconds[stage] += seconds
+    results = _results_inline(todo, init_args) if workers == 1 else _results_in_pool(todo, workers, init_args)
+    progress = tqdm(results, total=len(todo), desc="OCR", unit="page", disable=not todo)
+    finished = 0
+    try:
+        for result in progress:
+            finished += 1
+            if result.error:
+                summary.failures.append((result.key, result.error))
+                tqdm.write(f"failed: {result.key}: {result.error}", file=sys.stderr)
+                continue
+            summary.pages += 1
+            summary.without_text += result.lines == 0
+            summary.sources[result.source] += 1
+            for stage, seconds in result.stage_seconds.items():
+                summary.stage_seconds[stage] += seconds
+    except Interrupted as e:
+        summary.interrupted, summary.not_done = str(e), len(todo) - finished
+    finally:
+        results.close()
+        progress.close()
     summary.seconds = time.perf_counter() - start
     summary.failures.sort()
     return summary
@@ -295,6 +395,12 @@ def get_parser():
         default="rapidocr",
         choices=sorted(OCR_ENGINES),
         help="OCR engine (for --pdf: used only on pages without a text layer)",
+    )
+    parser.add_argument(
+        "--rapidocr-preset",
+        default="fast",
+        choices=sorted(RAPIDOCR_PRESETS),
+        help="settings of --engine rapidocr: fast (default) or full (rapidocr's own)",
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument(
@@ -323,9 +429,19 @@ def main(argv=None) -> int:
         f"engine {args.engine}, {args.workers} workers -> {args.out}"
     )
 
-    summary = run_ocr(jobs, engine=args.engine, workers=args.workers, dpi=args.dpi, overwrite=args.overwrite)
+    handlers = {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        engine_kwargs = {"preset": args.rapidocr_preset} if args.engine == "rapidocr" else {}
+        summary = run_ocr(jobs, args.engine, args.workers, args.dpi, args.overwrite, engine_kwargs)
+    except Interrupted as e:  # while checking the pages done earlier, before any OCR
+        summary = RunSummary(interrupted=str(e), not_done=len(jobs))
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     summary.failures = sorted(failures + summary.failures)
-    print(summary.report())
+    print(summary.report(), flush=True)
+    if summary.interrupted:
+        return 128 + signal.Signals[summary.interrupted]
     return 1 if summary.failures else 0
 
 
