@@ -403,13 +403,13 @@ def step_ratios(results, group_ratios):
     return ratios
 
 
-def merge_steps(earlier, now, earlier_date):
+def merge_steps(earlier, now):
     """The step section after a run of some configurations (--steps): theirs replace the
-    earlier figures, the others stay (dated `earlier_date` where they carry no date);
-    ratios between configurations run now replace earlier ones, none mixes a run of now
-    with an earlier one."""
+    earlier figures, the others stay (with the date of their run); ratios between
+    configurations run now replace earlier ones, none mixes a run of now with an earlier
+    one."""
     earlier = {
-        name: {"date": earlier_date, **value} if name in STEP_CONFIGS else value for name, value in earlier.items()
+        name: {"date": earlier["date"], **value} if name in STEP_CONFIGS else value for name, value in earlier.items()
     }
     merged = {**earlier, **now}
     merged["ratios"] = {**earlier.get("ratios", {}), **now["ratios"]}
@@ -572,7 +572,7 @@ def markdown(report):
             lines += [
                 f"### Painting ({p['shape']}), forward + backward",
                 "",
-                f"Command: `python tools/bench.py --sections paint --device {device}`",
+                f"Command: `python tools/bench.py --sections paint --device {device}` (measured {p['date']})",
                 "",
                 "| stride | reference (s) | CPU kernel (s) | per-token loop (s) | loop / reference |",
                 "|---|---|---|---|---|",
@@ -596,13 +596,13 @@ def markdown(report):
             lines += [
                 f"### Training step ({s['shape']})",
                 "",
-                f"Command: `python tools/bench.py --sections step --device {device}`",
+                f"Command: `python tools/bench.py --sections step --device {device}` (measured {s['date']})",
                 "",
                 "| configuration | step (s) | peak memory (MB) | measured |",
                 "|---|---|---|---|",
             ]
             for name in [n for n in STEP_CONFIGS if n in s]:
-                date = s[name].get("date", env["date"])
+                date = s[name].get("date", s["date"])
                 lines.append(f"| {name} | {fmt(s[name]['step_s'], 2)} | {s[name]['peak_memory_mb']:.0f} | {date} |")
             lines += [
                 "",
@@ -613,11 +613,12 @@ def markdown(report):
                 lines.append(f"- {name}: " + ", ".join(f"{fmt(seconds, 2)} s" for seconds in s[name]["rounds_step_s"]))
             lines += ["", "| ratio | value |", "|---|---|"]
             lines += [f"| {k} | {fmt(v)} |" for k, v in s["ratios"].items()]
-            fusion = [f"{fmt(s['text']['fusion_s'], 3)} s (text: IMPL auto)"]
-            if "text_reference" in s:
-                fusion.append(f"{fmt(s['text_reference']['fusion_s'], 3)} s with IMPL reference")
-            if "text_keep_freed_memory" in s:
-                fusion.append(f"{fmt(s['text_keep_freed_memory']['fusion_s'], 3)} s with CPU_KEEP_FREED_MEMORY")
+            described = {
+                "text": "IMPL auto",
+                "text_reference": "IMPL reference",
+                "text_keep_freed_memory": "CPU_KEEP_FREED_MEMORY",
+            }
+            fusion = [f"{fmt(s[name]['fusion_s'], 3)} s with {what}" for name, what in described.items() if name in s]
             lines += [
                 "",
                 f"Fusion modules alone (painting + gates, 4 levels, forward + backward): {'; '.join(fusion)}.",
@@ -628,7 +629,7 @@ def markdown(report):
             lines += [
                 f"### Data mapper ({d['pages']} PubLayNet pages, {d['augmentation']})",
                 "",
-                f"Command: `python tools/bench.py --sections data --device {device}`",
+                f"Command: `python tools/bench.py --sections data --device {device}` (measured {d['date']})",
                 "",
                 "| text (pages/s) | image-only (pages/s) | ratio |",
                 "|---|---|---|",
@@ -640,7 +641,7 @@ def markdown(report):
             lines += [
                 f"### OCR (tools/ocr.py, rapidocr, {o['pages']} PubLayNet pages)",
                 "",
-                f"Command: `python tools/bench.py --sections ocr --device {device}`",
+                f"Command: `python tools/bench.py --sections ocr --device {device}` (measured {o['date']})",
                 "",
                 "| workers | pages/s | time per stage |",
                 "|---|---|---|",
@@ -655,7 +656,7 @@ def markdown(report):
             lines += [
                 f"### Inference (tools/infer.py detector, {i['pages']} PubLayNet pages; {i['note']})",
                 "",
-                f"Command: `python tools/bench.py --sections infer --device {device}`",
+                f"Command: `python tools/bench.py --sections infer --device {device}` (measured {i['date']})",
                 "",
                 "| model | OCR (s/page) | model (s/page) | reading (s/page) | resize + tokens (s/page) |",
                 "|---|---|---|---|---|",
@@ -708,14 +709,16 @@ def main():
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     device_key = "cuda" if args.device.startswith("cuda") else "cpu"
     entry = report.setdefault(device_key, {"sections": {}})
-    earlier_date = entry.get("environment", {}).get("date")
+    for section in entry["sections"].values():
+        # Sections of runs that dated only the environment: that date.
+        section.setdefault("date", entry["environment"]["date"])
     entry["environment"] = environment(args.device)
     start = time.perf_counter()
     for name in args.sections:
         log(f"section {name}")
-        results = SECTIONS[name](args)
+        results = {**SECTIONS[name](args), "date": time.strftime("%Y-%m-%d")}
         if name == "step" and args.steps is not None and "step" in entry["sections"]:
-            results = merge_steps(entry["sections"]["step"], results, earlier_date)
+            results = merge_steps(entry["sections"]["step"], results)
         entry["sections"][name] = results
         report_path.write_text(json.dumps(report, indent=2))
         (args.out / "perf.md").write_text(markdown(report))
