@@ -79,13 +79,16 @@ def test_text_model_trains_under_autocast():
 def test_tiny_text_model_learns_under_amp(device):
     """20 steps of the tiny text config under AMP, with the trainer's loop and
     optimizer (float16 and a GradScaler on CUDA, as SOLVER.AMP trains; bfloat16 on the
-    CPU), on two pages lower the loss."""
+    CPU), on two small pages lower the loss."""
     cfg = tiny_cfg("MODEL.DEVICE", device.type)
     model = build_model(cfg)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    pages = [page(25, size=(160, 128), seed=1), page(40, size=(160, 128), seed=2)]
+    for record in pages:
+        record["instances"].gt_boxes.scale(0.5, 0.5)  # page()'s boxes are for 320x256
     trainer = AccumulatingTrainer(
         model,
-        itertools.repeat([page(25, seed=1), page(40, seed=2)]),
+        itertools.repeat(pages),
         VLTrainer.build_optimizer(cfg, model),
         grad_scaler=torch.amp.GradScaler(device.type),
         amp_dtype=amp_dtype,
