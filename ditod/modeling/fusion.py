@@ -303,8 +303,9 @@ class M2DocFusion(TextFusion):
     M2Doc's early fusion (Zhang et al., AAAI 2024; its ResNet-with-early-fusion
     backbone): out = LayerNorm(visual + tanh(conv(relu(conv(text)))) * text), two 1x1
     convs C -> C (2C * C multiply-adds per cell, like `vsr`) and a LayerNorm over each
-    cell's channels. Initialised as M2Doc's: PyTorch's defaults for the convs, the
-    LayerNorm at identity scale. The LayerNorm renormalises the visual features, so the
+    cell's channels, as the formula says (the public code's `.view(-1, C)` of an NCHW
+    map normalises runs of C positions of one channel instead). Initialised as
+    M2Doc's: PyTorch's defaults for the convs, the LayerNorm at identity scale. The LayerNorm renormalises the visual features, so the
     output does not start at them.
     """
 
