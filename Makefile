@@ -4,7 +4,7 @@ VENV := $(if $(DITOD_VENV),$(DITOD_VENV),.venv)
 PYTHON := $(VENV)/bin/python
 export DITOD_VENV := $(abspath $(VENV))
 
-.PHONY: setup lint test test-fast demo bench bench-text clean
+.PHONY: setup lint test test-fast test-gpu demo bench bench-text clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -20,6 +20,11 @@ test: setup
 # Skips the slower end-to-end tests (CI runs them).
 test-fast: setup
 	$(PYTHON) -m pytest -q -m "not slow" tests
+
+# The checks that need a CUDA device (pytest -m gpu). No setup: on a GPU machine
+# without a package registry it installs the wheels of .whl/ (tools/gpu_wheels.sh).
+test-gpu:
+	bash tools/gpu_check.sh
 
 demo: setup
 	$(PYTHON) tools/demo.py

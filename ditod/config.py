@@ -278,13 +278,20 @@ def add_vit_config(cfg):
     _C.MODEL.TEXT_FUSION = CN()
     # Which of MODEL.VIT.OUT_FEATURES receive painted text features; empty: all of them.
     _C.MODEL.TEXT_FUSION.LEVELS = []
-    # "gated": g*visual + (1-g)*text with g = sigmoid(conv3x3([visual; text]));
-    # "add": visual + text; "none": no fusion (text still enters the transformer).
+    # A module of ditod.modeling.fusion.TEXT_FUSION_REGISTRY, or "none" (no fusion; text
+    # still enters the transformer). Built in: "gated": g*visual + (1-g)*text with
+    # g = sigmoid(conv3x3([visual; text])) per channel; "add": visual + text (VGT);
+    # "vsr": alpha*visual + (1-alpha)*text with alpha = sigmoid(W [visual; text]) (VSR);
+    # "m2doc": LayerNorm(visual + tanh(conv(relu(conv(text)))) * text) (M2Doc).
     _C.MODEL.TEXT_FUSION.MODE = "gated"
+    # Implementation of "gated": "auto" runs the CPU kernel (ditod/layers/cpu_gated_fusion.py)
+    # for float32 on the CPU outside autocast where its start-up check passes, and the
+    # reference (plain PyTorch ops) everywhere else; "reference" always the reference.
+    _C.MODEL.TEXT_FUSION.IMPL = "auto"
     # How several tokens painted on one cell combine: "mean" or "sum".
     _C.MODEL.TEXT_FUSION.REDUCE = "mean"
-    # Initial gate bias: sigmoid(3) = 0.95, so training starts close to the
-    # image-only behaviour.
+    # Initial gate bias of "gated" and "vsr": sigmoid(3) = 0.95, so training starts close
+    # to the image-only behaviour.
     _C.MODEL.TEXT_FUSION.GATE_BIAS_INIT = 3.0
 
     # ----------------------------------------------------------------- OCR input

@@ -113,3 +113,11 @@ def tiny_layoutlmv3(**overrides):
         for param in model.parameters():
             param.normal_(std=0.2)
     return model
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request):
+    """The device a test runs on: the CPU, and CUDA (marked gpu, skipped without it)."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device(request.param)

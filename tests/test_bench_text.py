@@ -25,8 +25,8 @@ def test_a_class_without_validation_instances_is_left_out_of_the_means():
         "seeds": [0],
         "runs": {"image_only": {"mean": summary, "per_seed": [summary], "train_minutes": None}},
     }
-    row = next(line for line in bench_text.markdown(report).splitlines() if line.startswith("| image_only | 40.0"))
-    assert row == "| image_only | 40.0 | 60.0 | 35.0 | **20.0** | 30.0 | - | 10.0 | - |"
+    row = next(line for line in bench_text.markdown(report).splitlines() if line.startswith("| image_only | 3 |"))
+    assert row == "| image_only | 3 | 0 | 40.0 | 60.0 | 35.0 | **20.0** | 30.0 | - | 10.0 | - |"
 
 
 def test_cached_outputs_are_reused_only_with_the_same_settings(tmp_path):
@@ -35,3 +35,32 @@ def test_cached_outputs_are_reused_only_with_the_same_settings(tmp_path):
     bench_text.record_settings(tmp_path, settings)
     assert bench_text.made_with(tmp_path, settings)
     assert not bench_text.made_with(tmp_path, {**settings, "iters": 8})
+
+
+def test_runs_with_more_seeds_and_a_longer_budget():
+    parser_args = ["--runs", "image_only", "text_vsr_all", "--seeds", "0", "--more-seeds", "text_vsr_all", "1", "2"]
+    parser_args += ["--long", "image_only", "--long-factor", "3", "--iters", "10"]
+    args = bench_text.build_parser().parse_args(parser_args)
+    assert bench_text.planned_runs(args) == [
+        ("image_only", "image_only", 10, [0]),
+        ("text_vsr_all", "text_vsr_all", 10, [0, 1, 2]),
+        ("image_only_x3", "image_only", 30, [0]),
+    ]
+
+
+def test_text_dependent_gap_per_budget_takes_the_best_text_run():
+    def entry(run, iters, ap):
+        return {"run": run, "iters": iters, "mean": {"text_dependent_AP": ap}}
+
+    runs = {
+        "image_only": entry("image_only", 10, 20.0),
+        "text_gated_all": entry("text_gated_all", 10, 60.0),
+        "text_vsr_all": entry("text_vsr_all", 10, 65.0),
+        "image_only_x3": entry("image_only", 30, 40.0),
+        "text_gated_all_x3": entry("text_gated_all", 30, 70.0),
+    }
+    gaps = bench_text.text_dependent_gaps(runs)
+    assert [(g["iters"], g["best_text_run"], g["gap"]) for g in gaps] == [
+        (10, "text_vsr_all", 45.0),
+        (30, "text_gated_all_x3", 30.0),
+    ]

@@ -5,22 +5,28 @@ mapper, OCR and inference. Writes bench/results/perf.json and perf.md.
 
     python tools/bench.py                       # every section, on the CPU
     python tools/bench.py --sections paint step --device cuda
+    python tools/bench.py --sections step --steps text text_reference image_only
     python tools/bench.py --quick               # fewer repeats and smaller loop budget
 
 Sections (each figure is the median of --repeats runs; ratios are measured in the same
 run, since these machines are shared and noisy):
-  paint  paint_tokens forward + backward on strides 4/8/16/32 of an 800x608 page
-         (510 line-box tokens, C=768, batch 2) against the per-token loop of the
-         research code (each box to the host, then a slice add), which gets a time
-         budget per stride and is reported as "> budget" when it runs out.
+  paint  forward + backward on strides 4/8/16/32 of an 800x608 page (510 line-box
+         tokens, C=768, batch 2) of paint_tokens (the reference), of the CPU kernel's
+         painting along runs (on the CPU) and of the per-token loop of the research
+         code (each box to the host, then a slice add), which gets a time budget per
+         stride and is reported as "> budget" when it runs out.
   step   forward + backward of the base model (hidden 768, 12 layers) at 800x608,
-         batch 2, 510 tokens, text fusion on all four levels: text vs image-only,
-         sdpa vs eager attention, gradient checkpointing; each in its own process for
-         its peak memory (CPU: peak RSS, GPU: max allocated); text and image-only in
-         rounds of alternating processes, for their time ratio. The fusion share is the
-         fusion modules' forward + backward at the same shapes and memory layouts over
-         the text step. On the CPU, the *_keep_freed_memory runs repeat text and
-         image-only with MODEL.CPU_KEEP_FREED_MEMORY on (applied as tools/train_net.py does).
+         batch 2, 510 tokens, gated text fusion on all four levels: text (fusion
+         MODEL.TEXT_FUSION.IMPL auto: the CPU kernel on the CPU) and text_reference (IMPL
+         reference) vs image-only, sdpa vs eager attention, gradient checkpointing; each
+         in its own process for its peak memory (CPU: peak RSS, GPU: max allocated);
+         text, text_reference and image-only in rounds of alternating processes, for
+         their time ratios. The fusion share is the fusion modules' forward + backward
+         at the same shapes and memory layouts over the text step. On the CPU, the
+         *_keep_freed_memory runs repeat text and image-only with MODEL.CPU_KEEP_FREED_MEMORY
+         on (applied as tools/train_net.py does). --steps runs some of these
+         configurations: their figures, and the ratios between them, replace the
+         earlier ones; the others stay, each with the date it was measured.
   data   VLDatasetMapper pages/s in one process on the PubLayNet sample pages (OCR
          jsons cached), with text vs image-only, training augmentations of the recipe.
   ocr    rapidocr pages/s on the PubLayNet sample pages with its full settings and with
@@ -143,35 +149,45 @@ def loop_worker(device, stride):
     print(json.dumps({"seconds": seconds}))
 
 
+def kernel_paint(feats, boxes, mask, grid, stride):
+    """The CPU kernel's painting along runs, in paint_tokens' signature."""
+    from ditod.layers.cpu_gated_fusion import paint_along_runs
+    from ditod.modeling.fusion import token_cell_ranges
+
+    return paint_along_runs(feats, token_cell_ranges(boxes, grid, stride), mask, grid)
+
+
 def bench_paint(args):
     from ditod.modeling.fusion import paint_tokens
 
     results = {"shape": f"batch {BATCH}, {TOKENS} tokens, C={CHANNELS}, page {PAGE[0]}x{PAGE[1]}", "strides": {}}
-    total_ours, total_loop, loop_complete = 0.0, 0.0, True
+    paintings = {"reference_s": paint_tokens}
+    if args.device == "cpu":
+        paintings["cpu_kernel_s"] = kernel_paint
+    totals = dict.fromkeys([*paintings, "loop_s"], 0.0)
+    loop_complete = True
     for stride in STRIDES:
         feats, boxes, mask, levels = paint_case(args.device, stride)
-        ours = median_time(partial(paint_step, paint_tokens, feats, boxes, mask, levels), args.repeats, args.device)
+        timed = {
+            key: median_time(partial(paint_step, paint, feats, boxes, mask, levels), args.repeats, args.device)
+            for key, paint in paintings.items()
+        }
         command = [sys.executable, __file__, "--loop-worker", str(stride), "--device", args.device]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.loop_budget, check=True)
             loop, complete = json.loads(done.stdout.strip().splitlines()[-1])["seconds"], True
         except subprocess.TimeoutExpired:
             loop, complete = float(args.loop_budget), False
-        total_ours += ours
-        total_loop += loop
+        timed["loop_s"] = loop
+        for key, seconds in timed.items():
+            totals[key] += seconds
         loop_complete &= complete
-        results["strides"][str(stride)] = {
-            "vectorized_s": ours,
-            "loop_s": loop,
-            "loop_complete": complete,
-            "speedup": loop / ours,
-        }
-        log(f"paint stride {stride}: vectorized {ours:.4f} s, loop {'' if complete else '> '}{loop:.2f} s")
+        results["strides"][str(stride)] = {**timed, "loop_complete": complete, "speedup": loop / timed["reference_s"]}
+        log(f"paint stride {stride}: {results['strides'][str(stride)]}")
     results["all_levels"] = {
-        "vectorized_s": total_ours,
-        "loop_s": total_loop,
+        **totals,
         "loop_complete": loop_complete,
-        "speedup": total_loop / total_ours,
+        "speedup": totals["loop_s"] / totals["reference_s"],
     }
     results["loop_budget_s"] = args.loop_budget
     return results
@@ -180,6 +196,7 @@ def bench_paint(args):
 # ----------------------------------------------------------------------------- step
 STEP_CONFIGS = {
     "text": {},
+    "text_reference": {"MODEL.TEXT_FUSION.IMPL": "reference"},
     "image_only": {"MODEL.IMAGE_ONLY": True},
     "text_eager": {"MODEL.VIT.ATTENTION": "eager"},
     "image_only_eager": {"MODEL.IMAGE_ONLY": True, "MODEL.VIT.ATTENTION": "eager"},
@@ -187,14 +204,16 @@ STEP_CONFIGS = {
     "text_keep_freed_memory": {"MODEL.CPU_KEEP_FREED_MEMORY": True},
     "image_only_keep_freed_memory": {"MODEL.IMAGE_ONLY": True, "MODEL.CPU_KEEP_FREED_MEMORY": True},
 }
-# Pairs whose time ratio (first over second) the report gives. Each configuration runs in
-# processes of its own, the two alternating, one round per --repeats: a shared machine's
-# speed drifts over the minutes between two runs (text over image-only came out anywhere
-# from 1.35 to 1.49 in one afternoon from single runs), and each round's ratio is taken
-# between neighbours. Not steps alternated in one process: there the two models' tensors
-# share the allocator's heap, and one step runs on memory the other freed (text 10%
-# slower and image-only 8% faster than alone, one morning here).
-TIMED_PAIRS = (("text", "image_only"), ("text_keep_freed_memory", "image_only_keep_freed_memory"))
+# Groups whose time ratios (each configuration over the group's last) the report gives.
+# Each configuration runs in processes of its own, the group's alternating, one round per
+# --repeats: a shared machine's speed drifts over the minutes between two runs (text over
+# image-only came out anywhere from 1.35 to 1.49 in one afternoon from single runs), and
+# each round's ratio is taken between neighbours. Not steps alternated in one process:
+# there the models' tensors share the allocator's heap, and one step runs on memory the
+# other freed (text 10% slower and image-only 8% faster than alone, one morning here).
+TIMED_GROUPS = (("text", "text_reference", "image_only"), ("text_keep_freed_memory", "image_only_keep_freed_memory"))
+# Steps whose fusion modules are also timed alone.
+FUSION_TIMED = ("text", "text_reference", "text_keep_freed_memory")
 # Steps that differ only by the CPU allocator setting, skipped on a GPU.
 CPU_ONLY_STEPS = ("text_keep_freed_memory", "image_only_keep_freed_memory")
 
@@ -298,7 +317,7 @@ def step_worker(name, device, repeats):
     with EventStorage(0):
         seconds = median_time(step, repeats, device)
     result = {"step_s": seconds, "peak_memory_mb": peak_memory_mb(device)}
-    if name in ("text", "text_keep_freed_memory"):
+    if name in FUSION_TIMED:
         result["fusion_s"] = fusion_seconds(model, device, repeats)
     print(json.dumps(result))
 
@@ -308,62 +327,95 @@ def run_step_worker(name, args):
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"step {name} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = {**json.loads(done.stdout.strip().splitlines()[-1]), "date": time.strftime("%Y-%m-%d")}
     log(f"step {name}: {result}")
     return result
 
 
 def bench_step(args):
-    """Every configuration once; the configurations of TIMED_PAIRS in --repeats rounds of
-    alternating processes, each reported as the median over its rounds (peak memory: the
-    largest), with each pair's time ratio the median of the rounds' ratios."""
+    """The configurations of --steps (all by default) once each; those of TIMED_GROUPS in
+    --repeats rounds of alternating processes, each reported as the median over its
+    rounds (peak memory: the largest), with each time ratio the median of the rounds'
+    ratios."""
     results = {"shape": f"base model, batch {BATCH}, {PAGE[0]}x{PAGE[1]}, {TOKENS} tokens, fusion on 4 levels"}
-    configs = step_configs(args.device)
-    paired = [pair for pair in TIMED_PAIRS if all(name in configs for name in pair)]
+    configs = [name for name in step_configs(args.device) if args.steps is None or name in args.steps]
+    groups = [[name for name in group if name in configs] for group in TIMED_GROUPS]
+    groups = [group for group in groups if len(group) > 1]
     for name in configs:
-        if not any(name in pair for pair in paired):
+        if not any(name in group for group in groups):
             results[name] = run_step_worker(name, args)
-    pair_ratios = {}
-    for first, second in paired:
-        rounds = {name: [] for name in (first, second)}
+    group_ratios = {}
+    for group in groups:
+        rounds = {name: [] for name in group}
         for _ in range(args.repeats):
-            for name in rounds:
+            for name in group:
                 rounds[name].append(run_step_worker(name, args))
         for name, runs in rounds.items():
             results[name] = {
                 "step_s": statistics.median(run["step_s"] for run in runs),
                 "peak_memory_mb": max(run["peak_memory_mb"] for run in runs),
                 "rounds_step_s": [run["step_s"] for run in runs],
+                "date": runs[-1]["date"],
             }
             if "fusion_s" in runs[0]:
                 results[name]["fusion_s"] = statistics.median(run["fusion_s"] for run in runs)
-        pair_ratios[(first, second)] = statistics.median(
-            a["step_s"] / b["step_s"] for a, b in zip(rounds[first], rounds[second])
-        )
-    text, image = results["text"], results["image_only"]
-    results["ratios"] = {
-        "text_over_image_only_time": pair_ratios[("text", "image_only")],
-        "fusion_share_of_text_step": text["fusion_s"] / text["step_s"],
-        "eager_over_sdpa_time_text": results["text_eager"]["step_s"] / text["step_s"],
-        "eager_over_sdpa_time_image_only": results["image_only_eager"]["step_s"] / image["step_s"],
-        "sdpa_over_eager_memory_text": text["peak_memory_mb"] / results["text_eager"]["peak_memory_mb"],
-        "checkpoint_over_plain_time": results["text_grad_checkpoint"]["step_s"] / text["step_s"],
-        "checkpoint_over_plain_memory": results["text_grad_checkpoint"]["peak_memory_mb"] / text["peak_memory_mb"],
-    }
-    if "text_keep_freed_memory" in results:
-        text_kept, image_kept = results["text_keep_freed_memory"], results["image_only_keep_freed_memory"]
-        results["ratios"].update(
-            {
-                "text_over_image_only_time_keep_freed_memory": pair_ratios[
-                    ("text_keep_freed_memory", "image_only_keep_freed_memory")
-                ],
-                "fusion_share_of_text_step_keep_freed_memory": text_kept["fusion_s"] / text_kept["step_s"],
-                "keep_freed_over_default_time_text": text_kept["step_s"] / text["step_s"],
-                "keep_freed_over_default_time_image_only": image_kept["step_s"] / image["step_s"],
-                "keep_freed_over_default_memory_text": text_kept["peak_memory_mb"] / text["peak_memory_mb"],
-            }
-        )
+        baseline = group[-1]
+        for name in group[:-1]:
+            group_ratios[(name, baseline)] = statistics.median(
+                a["step_s"] / b["step_s"] for a, b in zip(rounds[name], rounds[baseline])
+            )
+    results["ratios"] = step_ratios(results, group_ratios)
     return results
+
+
+# Ratios between single runs: name -> (first configuration, second, what), first's over second's.
+SINGLE_RATIOS = {
+    "eager_over_sdpa_time_text": ("text_eager", "text", "step_s"),
+    "eager_over_sdpa_time_image_only": ("image_only_eager", "image_only", "step_s"),
+    "sdpa_over_eager_memory_text": ("text", "text_eager", "peak_memory_mb"),
+    "checkpoint_over_plain_time": ("text_grad_checkpoint", "text", "step_s"),
+    "checkpoint_over_plain_memory": ("text_grad_checkpoint", "text", "peak_memory_mb"),
+    "keep_freed_over_default_time_text": ("text_keep_freed_memory", "text", "step_s"),
+    "keep_freed_over_default_time_image_only": ("image_only_keep_freed_memory", "image_only", "step_s"),
+    "keep_freed_over_default_memory_text": ("text_keep_freed_memory", "text", "peak_memory_mb"),
+}
+
+
+def step_ratios(results, group_ratios):
+    """The report's ratios among the configurations in `results` (those run now)."""
+    ratios = {}
+    names = {
+        ("text", "image_only"): "text_over_image_only_time",
+        ("text_reference", "image_only"): "text_reference_over_image_only_time",
+        ("text_keep_freed_memory", "image_only_keep_freed_memory"): "text_over_image_only_time_keep_freed_memory",
+    }
+    for pair, name in names.items():
+        if pair in group_ratios:
+            ratios[name] = group_ratios[pair]
+    for config, suffix in (
+        ("text", ""),
+        ("text_reference", "_reference"),
+        ("text_keep_freed_memory", "_keep_freed_memory"),
+    ):
+        if config in results:
+            ratios[f"fusion_share_of_text_step{suffix}"] = results[config]["fusion_s"] / results[config]["step_s"]
+    for name, (first, second, key) in SINGLE_RATIOS.items():
+        if first in results and second in results:
+            ratios[name] = results[first][key] / results[second][key]
+    return ratios
+
+
+def merge_steps(earlier, now):
+    """The step section after a run of some configurations (--steps): theirs replace the
+    earlier figures, the others stay (with the date of their run); ratios between
+    configurations run now replace earlier ones, none mixes a run of now with an earlier
+    one."""
+    earlier = {
+        name: {"date": earlier["date"], **value} if name in STEP_CONFIGS else value for name, value in earlier.items()
+    }
+    merged = {**earlier, **now}
+    merged["ratios"] = {**earlier.get("ratios", {}), **now["ratios"]}
+    return merged
 
 
 # ----------------------------------------------------------------------------- OCR cache
@@ -578,18 +630,22 @@ def markdown(report):
             lines += [
                 f"### Painting ({p['shape']}), forward + backward",
                 "",
-                f"Command: `python tools/bench.py --sections paint --device {device}`",
+                f"Command: `python tools/bench.py --sections paint --device {device}` (measured {p['date']})",
                 "",
-                "| stride | vectorized (s) | per-token loop (s) | speed-up |",
-                "|---|---|---|---|",
+                "| stride | reference (s) | CPU kernel (s) | per-token loop (s) | loop / reference |",
+                "|---|---|---|---|---|",
             ]
             for stride, r in list(p["strides"].items()) + [("all four", p["all_levels"])]:
                 bound = "" if r["loop_complete"] else "> "
+                kernel = fmt(r["cpu_kernel_s"], 4) if "cpu_kernel_s" in r else "-"
                 lines.append(
-                    f"| {stride} | {fmt(r['vectorized_s'], 4)} | {bound}{fmt(r['loop_s'], 2)} | {bound}{r['speedup']:.0f}x |"
+                    f"| {stride} | {fmt(r['reference_s'], 4)} | {kernel} | {bound}{fmt(r['loop_s'], 2)} "
+                    f"| {bound}{r['speedup']:.0f}x |"
                 )
             lines += [
                 "",
+                "Reference: `paint_tokens` (ditod/modeling/fusion.py, a 2D difference array and two prefix sums); "
+                "CPU kernel: painting along runs (ditod/layers/cpu_gated_fusion.py, one prefix sum, one add per row). "
                 f'The loop gets {p["loop_budget_s"]} s per stride; "> " marks a loop stopped at its budget.',
                 "",
             ]
@@ -598,32 +654,40 @@ def markdown(report):
             lines += [
                 f"### Training step ({s['shape']})",
                 "",
-                f"Command: `python tools/bench.py --sections step --device {device}`",
+                f"Command: `python tools/bench.py --sections step --device {device}` (measured {s['date']})",
                 "",
-                "| configuration | step (s) | peak memory (MB) |",
-                "|---|---|---|",
+                "| configuration | step (s) | peak memory (MB) | measured |",
+                "|---|---|---|---|",
             ]
             for name in [n for n in STEP_CONFIGS if n in s]:
-                lines.append(f"| {name} | {fmt(s[name]['step_s'], 2)} | {s[name]['peak_memory_mb']:.0f} |")
+                date = s[name].get("date", s["date"])
+                lines.append(f"| {name} | {fmt(s[name]['step_s'], 2)} | {s[name]['peak_memory_mb']:.0f} | {date} |")
             lines += [
                 "",
                 "Rounds of alternating processes (the time ratios text over image-only below: the median of the rounds' ratios):",
                 "",
             ]
-            for name in [n for pair in TIMED_PAIRS for n in pair if n in s]:
+            for name in [n for group in TIMED_GROUPS for n in group if n in s]:
                 lines.append(f"- {name}: " + ", ".join(f"{fmt(seconds, 2)} s" for seconds in s[name]["rounds_step_s"]))
             lines += ["", "| ratio | value |", "|---|---|"]
             lines += [f"| {k} | {fmt(v)} |" for k, v in s["ratios"].items()]
-            fusion = f"{fmt(s['text']['fusion_s'], 3)} s"
-            if "text_keep_freed_memory" in s:
-                fusion += f" ({fmt(s['text_keep_freed_memory']['fusion_s'], 3)} s with MODEL.CPU_KEEP_FREED_MEMORY)"
-            lines += ["", f"Fusion modules alone (painting + gates, 4 levels, forward + backward): {fusion}.", ""]
+            described = {
+                "text": "IMPL auto",
+                "text_reference": "IMPL reference",
+                "text_keep_freed_memory": "MODEL.CPU_KEEP_FREED_MEMORY",
+            }
+            fusion = [f"{fmt(s[name]['fusion_s'], 3)} s with {what}" for name, what in described.items() if name in s]
+            lines += [
+                "",
+                f"Fusion modules alone (painting + gates, 4 levels, forward + backward): {'; '.join(fusion)}.",
+                "",
+            ]
         if "data" in sections:
             d = sections["data"]
             lines += [
                 f"### Data mapper ({d['pages']} PubLayNet pages, {d['augmentation']})",
                 "",
-                f"Command: `python tools/bench.py --sections data --device {device}`",
+                f"Command: `python tools/bench.py --sections data --device {device}` (measured {d['date']})",
                 "",
                 "| text (pages/s) | image-only (pages/s) | ratio |",
                 "|---|---|---|",
@@ -637,7 +701,7 @@ def markdown(report):
             lines += [
                 f"### OCR (rapidocr, {o['pages']} PubLayNet pages)",
                 "",
-                f"Command: `python tools/bench.py --sections ocr --device {device} --repeats {rounds}`",
+                f"Command: `python tools/bench.py --sections ocr --device {device} --repeats {rounds}` (measured {o['date']})",
                 "",
                 "| settings | pages/s | rounds (pages/s) | time per stage |",
                 "|---|---|---|---|",
@@ -671,7 +735,7 @@ def markdown(report):
             lines += [
                 f"### Inference (ditod.engine.VLPredictor, {i['pages']} PubLayNet pages; {i['note']})",
                 "",
-                f"Command: `python tools/bench.py --sections infer --device {device}`",
+                f"Command: `python tools/bench.py --sections infer --device {device}` (measured {i['date']})",
                 "",
                 "| model | OCR (s/page) | model (s/page) | reading (s/page) | resize + tokens (s/page) |",
                 "|---|---|---|---|---|",
@@ -690,6 +754,9 @@ def main():
     parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--steps", nargs="+", choices=list(STEP_CONFIGS), help="step configurations to run (default: all)"
+    )
     parser.add_argument("--loop-budget", type=float, default=120.0, help="seconds per stride for the loop")
     parser.add_argument("--quick", action="store_true", help="2 repeats, 30 s loop budget")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -721,11 +788,17 @@ def main():
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     device_key = "cuda" if args.device.startswith("cuda") else "cpu"
     entry = report.setdefault(device_key, {"sections": {}})
+    for section in entry["sections"].values():
+        # Sections of runs that dated only the environment: that date.
+        section.setdefault("date", entry["environment"]["date"])
     entry["environment"] = environment(args.device)
     start = time.perf_counter()
     for name in args.sections:
         log(f"section {name}")
-        entry["sections"][name] = SECTIONS[name](args)
+        results = {**SECTIONS[name](args), "date": time.strftime("%Y-%m-%d")}
+        if name == "step" and args.steps is not None and "step" in entry["sections"]:
+            results = merge_steps(entry["sections"]["step"], results)
+        entry["sections"][name] = results
         report_path.write_text(json.dumps(report, indent=2))
         (args.out / "perf.md").write_text(markdown(report))
     log(f"done in {time.perf_counter() - start:.0f} s: {report_path} and {args.out / 'perf.md'}")

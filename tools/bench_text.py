@@ -3,6 +3,7 @@
 The experiment that shows the text matters (`make bench-text`).
 
     python tools/bench_text.py [--iters 1300] [--runs image_only text_gated_all ...] [--seeds 0]
+        [--more-seeds text_gated_all 1] [--long image_only text_gated_all] [--long-factor 3]
 
 Synthetic pages in --hard-text mode, where Figure caption, Table caption, Text and
 Reference share font, size and placement (only the words tell them apart), train the
@@ -17,7 +18,16 @@ several configurations:
   text_gated_last_g3  gated fusion on the last level only, gate starting at 0.95 (to
                       compare with text_gated_all_g3)
   text_add_all        text, additive fusion on all four levels
+  text_vsr_all        text, VSR's weighted fusion on all four levels (its gate bias
+                      starting at 0, as VSR's)
+  text_m2doc_all      text, M2Doc's early fusion on all four levels
   text_no_fusion      text in the transformer only (MODEL.TEXT_FUSION.MODE none)
+
+--seeds are the training seeds of every run (results averaged over them); --more-seeds
+RUN SEED... adds seeds to one run (repeatable). --long RUN... also trains those runs at
+--long-factor times the iterations (the learning-rate schedule stretched with them),
+reported as RUN_xFACTOR: an image-only model may only converge more slowly, so the
+report gives the text-dependent gap (best text run less image-only) at each budget.
 
 Each run is tools/train_net.py then tools/train_net.py --eval-only on the validation
 pages. The pages, the tokenizer and each run are kept under --out and reused by a later
@@ -48,6 +58,8 @@ RUNS = {
     "text_gated_all_g3": ["MODEL.TEXT_FUSION.GATE_BIAS_INIT", 3.0],
     "text_gated_last_g3": ["MODEL.TEXT_FUSION.LEVELS", f"['{LAST_LEVEL}']", "MODEL.TEXT_FUSION.GATE_BIAS_INIT", 3.0],
     "text_add_all": ["MODEL.TEXT_FUSION.MODE", "add"],
+    "text_vsr_all": ["MODEL.TEXT_FUSION.MODE", "vsr"],
+    "text_m2doc_all": ["MODEL.TEXT_FUSION.MODE", "m2doc"],
     "text_no_fusion": ["MODEL.TEXT_FUSION.MODE", "none"],
 }
 
@@ -102,13 +114,13 @@ def prepare_data(out, args, env):
     return tokenizer
 
 
-def train_and_evaluate(name, seed, out, tokenizer, args, env):
-    """COCO metrics of one run and its training seconds (kept next to the run, so a
-    cached run reports them too)."""
-    run_dir = out / "runs" / f"{name}_seed{seed}"
+def train_and_evaluate(name, iters, key, seed, out, tokenizer, args, env):
+    """COCO metrics of run `name` trained `iters` iterations (reported as `key`) and its
+    training seconds (kept next to the run, so a cached run reports them too)."""
+    run_dir = out / "runs" / f"{key}_seed{seed}"
     metrics_file = run_dir / "inference" / "synthetic_val" / "metrics.json"
     seconds_file = run_dir / "train_seconds.txt"
-    settings = {**data_settings(args), "iters": args.iters, "overrides": [str(v) for v in RUNS[name]]}
+    settings = {**data_settings(args), "iters": iters, "overrides": [str(v) for v in RUNS[name]]}
     if metrics_file.exists() and made_with(run_dir, settings) and not args.overwrite:
         seconds = float(seconds_file.read_text()) if seconds_file.exists() else None
         return json.loads(metrics_file.read_text()), seconds
@@ -122,14 +134,14 @@ def train_and_evaluate(name, seed, out, tokenizer, args, env):
         "SEED",
         seed,
         "SOLVER.MAX_ITER",
-        args.iters,
+        iters,
         *RUNS[name],
     ]
     start = time.perf_counter()
     run(
         [sys.executable, "tools/train_net.py", "--config-file", CONFIG, *overrides],
         env,
-        out / f"{name}_seed{seed}.train.log",
+        out / f"{key}_seed{seed}.train.log",
     )
     seconds = time.perf_counter() - start
     seconds_file.write_text(f"{seconds:.1f}")
@@ -145,7 +157,7 @@ def train_and_evaluate(name, seed, out, tokenizer, args, env):
             run_dir / "model_final.pth",
         ],
         env,
-        out / f"{name}_seed{seed}.eval.log",
+        out / f"{key}_seed{seed}.eval.log",
     )
     record_settings(run_dir, settings)
     return json.loads(metrics_file.read_text()), seconds
@@ -172,6 +184,45 @@ def summarize(metrics):
     }
 
 
+def planned_runs(args):
+    """(key, run name, iterations, seeds) of every run of the invocation, in order."""
+    more = {}
+    for name, *seeds in args.more_seeds or []:
+        if name not in RUNS:
+            raise SystemExit(f"--more-seeds: unknown run {name!r} (runs: {', '.join(RUNS)})")
+        more.setdefault(name, []).extend(int(seed) for seed in seeds)
+    plans = []
+    for name in args.runs:
+        seeds = list(dict.fromkeys(args.seeds + more.get(name, [])))
+        plans.append((name, name, args.iters, seeds))
+    for name in args.long or []:
+        seeds = list(dict.fromkeys(args.seeds + more.get(name, [])))
+        plans.append((f"{name}_x{args.long_factor}", name, args.iters * args.long_factor, seeds))
+    return plans
+
+
+def text_dependent_gaps(runs):
+    """Per budget (iterations) with an image-only run: the best text run's text-dependent
+    AP less image-only's."""
+    gaps = []
+    for iters in sorted({entry["iters"] for entry in runs.values()}):
+        at_budget = {key: entry for key, entry in runs.items() if entry["iters"] == iters}
+        image = next((entry for entry in at_budget.values() if entry["run"] == "image_only"), None)
+        text = [
+            (entry["mean"]["text_dependent_AP"], key)
+            for key, entry in at_budget.items()
+            if entry["run"] != "image_only" and entry["mean"]["text_dependent_AP"] is not None
+        ]
+        if image is None or image["mean"]["text_dependent_AP"] is None or not text:
+            continue
+        best, key = max(text)
+        image_ap = image["mean"]["text_dependent_AP"]
+        gaps.append(
+            {"iters": iters, "best_text_run": key, "text": best, "image_only": image_ap, "gap": best - image_ap}
+        )
+    return gaps
+
+
 def markdown(report):
     runs = report["runs"]
     classes = list(next(iter(runs.values()))["mean"]["per_class_AP"])
@@ -184,39 +235,74 @@ def markdown(report):
         f"`tools/make_synthetic.py --hard-text --seed {report['data_seed']}` (Figure caption, Table caption, Text "
         "and Reference share font, size and placement). Model: configs/tiny/cascade_layoutlmv3_text.yaml "
         f"(hidden 96, 4 layers, from scratch), {report['iters']} iterations of batch 2 at the same learning "
-        f"rate for every run; seeds {report['seeds']} (mean over seeds). COCO bbox AP on the validation pages.",
+        "rate for every run (runs named _xN: N times as many, the cosine schedule stretched with them); "
+        "the mean over each run's seeds. COCO bbox AP on the validation pages.",
         "",
-        "| run | AP | AP50 | AP75 | text-dependent AP | " + " | ".join(TEXT_DEPENDENT) + " | train min |",
-        "|---|---|---|---|---|" + "---|" * len(TEXT_DEPENDENT) + "---|",
+        "| run | iters | seeds | AP | AP50 | AP75 | text-dependent AP | "
+        + " | ".join(TEXT_DEPENDENT)
+        + " | train min |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(TEXT_DEPENDENT) + "---|",
     ]
-    for name, entry in runs.items():
+    for key, entry in runs.items():
         m = entry["mean"]
         minutes = entry.get("train_minutes")
+        seeds = ", ".join(str(seed) for seed in entry.get("seeds", report["seeds"]))
         lines.append(
-            f"| {name} | {fmt(m['AP'])} | {fmt(m['AP50'])} | {fmt(m['AP75'])} | **{fmt(m['text_dependent_AP'])}** | "
+            f"| {key} | {entry.get('iters', report['iters'])} | {seeds} | {fmt(m['AP'])} | {fmt(m['AP50'])} "
+            f"| {fmt(m['AP75'])} | **{fmt(m['text_dependent_AP'])}** | "
             + " | ".join(fmt(m["per_class_AP"][c]) for c in TEXT_DEPENDENT)
             + f" | {fmt(minutes)} |"
         )
+    several = {key: entry for key, entry in runs.items() if len(entry.get("per_seed", [])) > 1}
+    if several:
+        lines += ["", "Text-dependent AP per seed:", ""]
+        for key, entry in several.items():
+            values = zip(entry["seeds"], entry["per_seed"])
+            lines.append(f"- {key}: " + ", ".join(f"seed {seed} {fmt(s['text_dependent_AP'])}" for seed, s in values))
+    gaps = report.get("text_dependent_gaps", [])
+    if gaps:
+        lines += ["", "Text-dependent gap (best text run less image-only, text-dependent AP) per budget:", ""]
+        lines += [
+            f"- {gap['iters']} iterations: {gap['best_text_run']} {fmt(gap['text'])} - image_only "
+            f"{fmt(gap['image_only'])} = **{fmt(gap['gap'])}**"
+            for gap in gaps
+        ]
     lines += ["", "Overrides of the tiny config per run:", ""]
-    lines += [f"- {name}: `{' '.join(str(v) for v in RUNS[name]) or '(none)'}`" for name in runs]
+    lines += [
+        f"- {key}: `{' '.join(str(v) for v in RUNS[entry.get('run', key)]) or '(none)'}`" for key, entry in runs.items()
+    ]
     lines += ["", "Per-class AP:", "", "| run | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for name, entry in runs.items():
         lines.append(f"| {name} | " + " | ".join(fmt(entry["mean"]["per_class_AP"][c]) for c in classes) + " |")
     return "\n".join(lines) + "\n"
 
 
-def main():
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     parser.add_argument("--iters", type=int, default=1300)
     parser.add_argument("--train-pages", type=int, default=400)
     parser.add_argument("--val-pages", type=int, default=100)
     parser.add_argument("--data-seed", type=int, default=1)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (results averaged)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every run (averaged)")
+    parser.add_argument(
+        "--more-seeds",
+        nargs="+",
+        action="append",
+        metavar="RUN SEED",
+        help="more training seeds for one run: RUN SEED [SEED ...] (repeatable)",
+    )
+    parser.add_argument("--long", nargs="+", choices=list(RUNS), help="runs also trained at --long-factor x --iters")
+    parser.add_argument("--long-factor", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "output" / "bench_text")
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--overwrite", action="store_true", help="retrain runs that already have metrics")
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
+    plans = planned_runs(args)
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -232,22 +318,30 @@ def main():
         "text_dependent_classes": list(TEXT_DEPENDENT),
         "runs": {},
     }
-    for name in args.runs:
+    for key, name, iters, seeds in plans:
         per_seed, minutes = [], []
-        for seed in args.seeds:
-            print(f"[bench-text] {name} seed {seed} ...", flush=True)
-            metrics, seconds = train_and_evaluate(name, seed, out, tokenizer, args, env)
+        for seed in seeds:
+            print(f"[bench-text] {key} seed {seed} ({iters} iterations) ...", flush=True)
+            metrics, seconds = train_and_evaluate(name, iters, key, seed, out, tokenizer, args, env)
             per_seed.append(summarize(metrics))
             if seconds is not None:
                 minutes.append(seconds / 60)
             print(
-                f"[bench-text] {name} seed {seed}: AP {fmt(per_seed[-1]['AP'])}, "
+                f"[bench-text] {key} seed {seed}: AP {fmt(per_seed[-1]['AP'])}, "
                 f"text-dependent AP {fmt(per_seed[-1]['text_dependent_AP'])}",
                 flush=True,
             )
-        means = {key: mean(s[key] for s in per_seed) for key in ("AP", "AP50", "AP75", "text_dependent_AP")}
+        means = {k: mean(s[k] for s in per_seed) for k in ("AP", "AP50", "AP75", "text_dependent_AP")}
         means["per_class_AP"] = {c: mean(s["per_class_AP"][c] for s in per_seed) for c in per_seed[0]["per_class_AP"]}
-        report["runs"][name] = {"mean": means, "per_seed": per_seed, "train_minutes": mean(minutes)}
+        report["runs"][key] = {
+            "run": name,
+            "iters": iters,
+            "seeds": seeds,
+            "mean": means,
+            "per_seed": per_seed,
+            "train_minutes": mean(minutes),
+        }
+    report["text_dependent_gaps"] = text_dependent_gaps(report["runs"])
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "text_experiment.json").write_text(json.dumps(report, indent=2))
     (args.results / "text_experiment.md").write_text(markdown(report))

@@ -1,32 +1,48 @@
-"""Text features painted onto a feature map, and the modules that mix them in.
+"""
+Text features painted onto the pyramid, and the modules that mix them in: the
+reference, in plain differentiable PyTorch ops that behave the same on any device, in
+float32 and under autocast, without a host-device synchronisation.
 
 `paint_tokens` turns per-token features into a (B, C, H, W) map by adding each
-token's feature to every grid cell its box covers. A box's cells are taken as runs,
-one per grid row (a text line covers a few rows; columns for vertical text), and both
-directions are prefix sums along the runs: forward adds each run's token at its first
-cell and takes it away past its last one (O(runs*C)), then sums along the rows once
-(O(H*W*C)); backward sums the incoming gradient along the rows and reads each run's sum
-from its two ends. No Python loop over tokens, and the large buffers are summed in
-place (fresh allocations are what costs on CPU).
+token's feature to every grid cell its box covers. The fusion modules are registered
+in `TEXT_FUSION_REGISTRY`; MODEL.TEXT_FUSION.MODE names one, and `build_text_fusion`
+builds one per fused level as `cls(cfg, channels, stride)`. `TextFusion` is their
+base: it projects the tokens' features and paints them; a subclass writes `mix`.
 
-The gated mix, painting included, has its backward written out (`_PaintedGatedMix`) for
-the same reason; on CPU its convolutions add into buffers it already has, and the maps
-its backward is done with serve the next step (`ReusableMaps`).
+The CPU kernel of `gated` (the same function with its backward written out and CPU
+memory reused) lives apart, in ditod/layers/cpu_gated_fusion.py (MODEL.TEXT_FUSION.IMPL).
 """
 
-import functools
-import logging
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-__all__ = ["paint_tokens", "token_cell_ranges", "TextFusion", "build_text_fusion"]
+from detectron2.utils.registry import Registry
 
-logger = logging.getLogger(__name__)
+from ..layers import cpu_gated_fusion
+
+__all__ = [
+    "TEXT_FUSION_REGISTRY",
+    "TextFusion",
+    "GatedFusion",
+    "AddFusion",
+    "VSRFusion",
+    "M2DocFusion",
+    "paint_tokens",
+    "token_cell_ranges",
+    "build_text_fusion",
+]
+
+TEXT_FUSION_REGISTRY = Registry("TEXT_FUSION")
+TEXT_FUSION_REGISTRY.__doc__ = """
+Modules that mix a level's painted text map into its visual map, named by
+MODEL.TEXT_FUSION.MODE and called as `cls(cfg, channels, stride)`: usually a
+`TextFusion` subclass.
+"""
+
+IMPLEMENTATIONS = ("auto", "reference")
 
 
 def token_cell_ranges(token_boxes, grid, stride):
@@ -51,142 +67,28 @@ def token_cell_ranges(token_boxes, grid, stride):
     return x0, y0, x1, y1
 
 
-@dataclass(frozen=True)
-class _Runs:
+def _sum_over_cells(values, cells, grid):
     """
-    The cells of the tokens' ranges as runs: one run per grid row of a range (per
-    column, for ranges taller than wide in total: vertical text), R runs in all.
-    Positions are flat indices into the B * H * W cells of a (B, H, W) grid.
+    The sum of the tokens' `values` (B, T, K) over each one's cells, as (B, H, W, K).
+
+    A 2D difference array: each token adds its values at the top-left corner of its
+    cell range, takes them away right of it and below it, and adds them back below
+    right; two cumulative sums then spread them over the range. Every token writes 4
+    rows (a padding token: zeros), so all shapes are fixed by the inputs' shapes and
+    no step waits on the device.
     """
-
-    dim: int  # the dim of a (B, H, W, C) grid that runs lie along: 2 (rows) or 1 (columns)
-    step: int  # flat distance between neighbouring cells of a run: 1 or W
-    tokens: int  # B * T
-    token: torch.Tensor  # (R,) each run's token, an index into the B * T
-    first: torch.Tensor  # (R,) each run's first cell
-    last: torch.Tensor  # (R,) each run's last cell
-    ended: torch.Tensor  # indices of the runs that end before the grid's edge
-    started: torch.Tensor  # indices of the runs that start after the grid's edge
-
-
-def _token_runs(token_boxes, mask, grid, stride):
-    """The `_Runs` of the real tokens' cell ranges (`token_cell_ranges`); padding
-    tokens have none."""
+    batch, _, size = values.shape
     height, width = grid
-    x0, y0, x1, y1 = token_cell_ranges(token_boxes, grid, stride)
-    keep = mask.bool()
-    heights, widths = torch.where(keep, y1 - y0 + 1, 0), torch.where(keep, x1 - x0 + 1, 0)
-    along_rows = bool(heights.sum() <= widths.sum())
-    if along_rows:
-        counts, across, across_step, lo, hi, step, size = heights, y0, width, x0, x1, 1, width
-    else:
-        counts, across, across_step, lo, hi, step, size = widths, x0, 1, y0, y1, width, height
-    counts = counts.flatten()
-    token = torch.repeat_interleave(counts)
-    offset = torch.arange(len(token), device=token.device) - (counts.cumsum(0) - counts)[token]
-    base = (token // x0.shape[-1]) * (height * width) + (across.flatten()[token] + offset) * across_step
-    lo, hi = lo.flatten()[token], hi.flatten()[token]
-    return _Runs(
-        dim=2 if along_rows else 1,
-        step=step,
-        tokens=counts.numel(),
-        token=token,
-        first=base + lo * step,
-        last=base + hi * step,
-        ended=torch.nonzero(hi < size - 1).flatten(),
-        started=torch.nonzero(lo > 0).flatten(),
+    x0, y0, x1, y1 = cells
+    # One more row and column, for the corners past the grid's last cell.
+    rows, cols = height + 1, width + 1
+    page = torch.arange(batch, device=values.device)[:, None] * (rows * cols)
+    corners = torch.stack([y0 * cols + x0, y0 * cols + x1 + 1, (y1 + 1) * cols + x0, (y1 + 1) * cols + x1 + 1])
+    signed = torch.stack([values, -values, -values, values])
+    diff = values.new_zeros(batch * rows * cols, size).index_add_(
+        0, (page + corners).flatten(), signed.reshape(-1, size)
     )
-
-
-# The grids below are (B, H, W, C): channels last, so each token's C features are one
-# contiguous row (index_add_ and index_select move whole rows) and the painted map comes
-# out in the layout of the pyramid's visual features, which the gate convs need.
-
-
-def _prefix_sum_(grid, dim):
-    """In-place cumulative sum of `grid` along `dim`. On CPU, one vectorized add per
-    row: torch.cumsum scans each of the other H*C or W*C positions one at a time, about
-    4x slower on a stride-4 grid. Elsewhere torch.cumsum (one kernel, not one per row)."""
-    if grid.device.type != "cpu":
-        return grid.cumsum_(dim)
-    for i in range(1, grid.shape[dim]):
-        grid.select(dim, i).add_(grid.select(dim, i - 1))
-    return grid
-
-
-def _paint_sum(values, runs, grid, maps=None):
-    """Sum of each token's `values` (B, T, C) over its cells, as a (B, C, H, W)
-    channels-last tensor: each run adds its token's values at its first cell and takes
-    them away past its last one, and one prefix sum along the runs spreads them. The map
-    comes from `maps` (a `ReusableMaps`) when given."""
-    batch, _, channels = values.shape
-    height, width = grid
-    shape = (batch * height * width, channels)
-    diff = values.new_zeros(shape) if maps is None else maps.take(shape, values.dtype, values.device).zero_()
-    run_values = values.reshape(-1, channels)[runs.token]
-    diff.index_add_(0, runs.first, run_values)
-    diff.index_add_(0, runs.last[runs.ended] + runs.step, run_values[runs.ended], alpha=-1)
-    return _prefix_sum_(diff.view(batch, height, width, channels), runs.dim).permute(0, 3, 1, 2)
-
-
-def _paint(values, runs, scale, grid, maps=None):
-    """scale * (sum of each token's values over its cells), (B, C, H, W) channels-last."""
-    return _paint_sum(values, runs, grid, maps).mul_(scale)
-
-
-def _box_sums(maps, scale, runs, overwrite=False):
-    """
-    For each token, the sum of `maps * scale` (B, C, H, W) over its cells, as (B, T, C):
-    the gradient of `_paint`. With overwrite=True, `maps` is a buffer of the caller's
-    that nothing else reads, and is used as the prefix sums (no fresh map).
-    """
-    batch, channels, height, width = maps.shape
-    cells = maps.permute(0, 2, 3, 1)
-    scale = scale.permute(0, 2, 3, 1)
-    if overwrite and cells.is_contiguous():
-        prefix = cells.mul_(scale)
-    else:
-        prefix = torch.mul(cells, scale, out=maps.new_empty(batch, height, width, channels))
-    prefix = _prefix_sum_(prefix, runs.dim).view(-1, channels)
-    # A run's sum: the prefix sum at its last cell less the one before its first cell.
-    run_sums = prefix[runs.last]
-    run_sums.index_add_(0, runs.started, prefix[runs.first[runs.started] - runs.step], alpha=-1)
-    sums = run_sums.new_zeros(runs.tokens, channels).index_add_(0, runs.token, run_sums)
-    return sums.view(batch, -1, channels)
-
-
-class _PaintTokens(torch.autograd.Function):
-    """`_paint`, with gradients for the values."""
-
-    @staticmethod
-    def forward(ctx, values, runs, scale, grid):
-        ctx.runs = runs
-        ctx.save_for_backward(scale)
-        return _paint(values, runs, scale, grid)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (scale,) = ctx.saved_tensors
-        return _box_sums(grad_out, scale, ctx.runs), None, None, None
-
-
-def _paint_inputs(token_feats, token_boxes, mask, grid, stride, reduce):
-    """What `_paint` needs: the tokens' values (at least float32), the runs of their
-    cells, and the per-cell scale of `reduce`."""
-    if reduce not in ("mean", "sum"):
-        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    # Sums accumulate in at least float32, whatever the autocast dtype.
-    dtype = torch.promote_types(token_feats.dtype, torch.float32)
-    values = token_feats.to(dtype)
-    runs = _token_runs(token_boxes, mask, grid, stride)
-    # Tokens per cell: small integers, exact in floating point, so empty cells are found
-    # exactly and forced to 0 (the painted sums there can hold rounding residue).
-    count = _paint_sum(values.new_ones(*values.shape[:2], 1), runs, grid)
-    if reduce == "mean":
-        scale = torch.where(count > 0, 1 / count.clamp(min=1), 0)
-    else:
-        scale = (count > 0).to(dtype)
-    return values, runs, scale
+    return diff.view(batch, rows, cols, size).cumsum(1).cumsum(2)[:, :height, :width]
 
 
 def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
@@ -203,273 +105,240 @@ def paint_tokens(token_feats, token_boxes, mask, grid, stride, reduce="mean"):
             by their number (cells without tokens stay 0).
 
     Returns:
-        (B, C, H, W) text map in the dtype of token_feats, channels-last in memory.
+        (B, C, H, W) text map in the dtype of token_feats, channels-last in memory
+        (the layout of the pyramid's visual maps).
     """
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
     grid = tuple(grid)
-    inputs = _paint_inputs(token_feats, token_boxes, mask, grid, stride, reduce)
-    return _PaintTokens.apply(*inputs, grid).to(token_feats.dtype)
-
-
-def _onednn_conv_add_(out, x, weight):
-    """oneDNN's convolution with a fused in-place add, a private op of PyTorch's CPU
-    build (the one torch.compile's CPU code uses)."""
-    channels = x.shape[1]
-    return torch.ops.mkldnn._convolution_pointwise_(
-        out, x, weight, None, [1, 1], [1, 1], [1, 1], channels, "add", 1.0, None, [], None
-    )
-
-
-@functools.cache
-def _onednn_conv_add_works():
-    """Whether `_onednn_conv_add_` is there and adds the convolution into its first
-    argument: checked once, on a small input, against F.conv2d. Private ops can change
-    between PyTorch releases; where it fails, the plain ops are used."""
-    generator = torch.Generator().manual_seed(0)
-    out, x = (
-        torch.randn(2, 3, 5, 4, generator=generator).contiguous(memory_format=torch.channels_last) for _ in range(2)
-    )
-    weight = torch.randn(3, 1, 3, 3, generator=generator)
-    expected = out + F.conv2d(x, weight, padding=1, groups=3)
-    try:
-        result = _onednn_conv_add_(out, x, weight)
-    except (AttributeError, RuntimeError) as error:
-        logger.info("oneDNN's in-place convolution is not available (%s); the gate uses plain ops", error)
-        return False
-    works = result.data_ptr() == out.data_ptr() and torch.allclose(out, expected, atol=1e-5)
-    if not works:
-        logger.info("oneDNN's in-place convolution gave another result; the gate uses plain ops")
-    return works
-
-
-def _onednn_conv_add_applies(out, x, weight):
-    """Whether `_onednn_conv_add_` takes these: float32 channels-last maps on CPU."""
-    return (
-        x.device.type == "cpu"
-        and out.dtype == x.dtype == weight.dtype == torch.float32
-        and out.is_contiguous(memory_format=torch.channels_last)
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and torch.backends.mkldnn.enabled
-        and _onednn_conv_add_works()
-    )
-
-
-def _depthwise_conv3x3_add_(out, x, weight):
-    """
-    out += the depthwise 3x3 convolution of x (padding 1, no bias), in place.
-
-    For float32 channels-last maps on CPU, oneDNN writes the convolution into `out`:
-    about 20 ms at a page's stride-4 map, against about 55 ms for a convolution into a
-    fresh map (its page faults) plus the add.
-    """
-    if _onednn_conv_add_applies(out, x, weight):
-        return _onednn_conv_add_(out, x, weight)
-    return out.add_(F.conv2d(x, weight, padding=1, groups=x.shape[1]))
-
-
-def _graph_kept():
-    """Whether the running backward pass keeps the graph (retain_graph), so that the
-    tensors saved for backward must stay intact. Asks autograd (a private call), and
-    assumes so where it cannot."""
-    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return keep_graph is None or keep_graph()
-
-
-class ReusableMaps:
-    """
-    Map-sized CPU buffers that a `TextFusion`'s backward pass is done with (the painted
-    text map, the gate's gradient), for its next forward pass (the text map, the gate).
-    A fresh map-sized tensor on CPU costs its page faults (about 30 ms for a page's
-    stride-4 map at batch 2, three passes over it); GPUs' caching allocators reuse
-    memory already. Keeps the two largest buffers handed back, so that multi-scale
-    training settles on its largest maps; between steps it holds what a step holds
-    anyway. Copies and pickles start empty.
-    """
-
-    def __init__(self):
-        self._buffers = []
-
-    def __reduce__(self):
-        return type(self), ()
-
-    def take(self, shape, dtype, device):
-        """An uninitialised contiguous tensor of `shape`: a kept buffer where one fits."""
-        numel = math.prod(shape)
-        if device.type == "cpu" and self._buffers:
-            buffer = self._buffers.pop()
-            if buffer.dtype == dtype and buffer.numel() >= numel:
-                return buffer[:numel].view(shape)
-        return torch.empty(shape, dtype=dtype, device=device)
-
-    def take_like(self, tensor):
-        """`take` in the shape and memory layout of a dense `tensor`."""
-        return self.take((tensor.numel(),), tensor.dtype, tensor.device).as_strided(tensor.shape, tensor.stride())
-
-    def give(self, *tensors):
-        """Hands back tensors that nothing will read again; their whole storage is kept."""
-        buffers = self._buffers + [
-            torch.empty(0, dtype=tensor.dtype).set_(tensor.untyped_storage())
-            for tensor in tensors
-            if tensor.device.type == "cpu"
-        ]
-        self._buffers = sorted(buffers, key=torch.Tensor.numel)[-2:]
-
-
-class _PaintedGatedMix(torch.autograd.Function):
-    """
-    The gated mix of `TextFusion`, painting included:
-        text = _paint(values, ...),
-        g = sigmoid(dwconv3x3(visual, weight_visual, bias) + dwconv3x3(text, weight_text)),
-        out = lerp(text, visual, g) = g * visual + (1 - g) * text.
-
-    The function autograd would differentiate from `paint_tokens` and the ops, with the
-    backward written out: autograd's makes about ten fresh map-sized tensors (lerp's
-    three partial products, 1 - g, visual - text, the sigmoid's gradient, the sums of
-    the two paths into visual and text, the text map's prefix sums). Fresh map-sized
-    tensors are the cost on CPU: each page-faults. Here the forward makes the ones it
-    keeps or returns (text, g, out) and the backward one, the gate's gradient. The input
-    gradients of visual and text are written over g and text, which are no longer
-    needed once the graph is freed (a fresh map each when it is kept), and the
-    convolutions' input gradients are added into them in place (a stride-1
-    convolution's input gradient is the convolution of the output gradient with the
-    kernel flipped). On CPU, text and g come from `maps`, to which the backward hands
-    back the gate's gradient and text's buffer: of the four maps, only the two that
-    leave (out, and g as visual's gradient) are fresh each step.
-    """
-
-    @staticmethod
-    def forward(ctx, visual, values, runs, scale, weight_visual, bias, weight_text, maps):
-        channels = visual.shape[1]
-        ctx.runs, ctx.maps = runs, maps
-        text = _paint(values, runs, scale, visual.shape[-2:], maps).to(visual.dtype)
-        if _onednn_conv_add_applies(visual, visual, weight_visual):
-            # Into a kept buffer, in visual's layout: no fresh map to fault in.
-            g = maps.take_like(visual).copy_(bias.view(1, channels, 1, 1).expand_as(visual))
-            _onednn_conv_add_(g, visual, weight_visual)
-        else:
-            g = F.conv2d(visual, weight_visual, bias, padding=1, groups=channels)
-        _depthwise_conv3x3_add_(g, text, weight_text).sigmoid_()
-        ctx.save_for_backward(visual, text, g, scale, weight_visual, weight_text)
-        return torch.lerp(text, visual, g)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        visual, text, g, scale, weight_visual, weight_text = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        channels = visual.shape[1]
-        # d out / d g = visual - text; then through the sigmoid, in place.
-        grad_pre = torch.sub(visual, text).mul_(grad)
-        torch.ops.aten.sigmoid_backward.grad_input(grad_pre, g, grad_input=grad_pre)
-        conv = ([1, 1], [1, 1], [1, 1], False, [0, 0], channels)  # stride, padding, dilation, transposed
-        _, grad_weight_visual, grad_bias = torch.ops.aten.convolution_backward(
-            grad_pre, visual, weight_visual, [channels], *conv, [False, needs[4], needs[5]]
-        )
-        _, grad_weight_text, _ = torch.ops.aten.convolution_backward(
-            grad_pre, text, weight_text, None, *conv, [False, needs[6], False]
-        )
-        kept = _graph_kept()
-        grad_visual = grad_values = None
-        if needs[1]:
-            # d out / d text = 1 - g, plus the text convolution's input gradient; g is
-            # still intact, text no longer needed.
-            grad_text = torch.addcmul(grad, grad, g, value=-1, out=torch.empty_like(g) if kept else text)
-            _depthwise_conv3x3_add_(grad_text, grad_pre, weight_text.flip(-1, -2))
-            grad_values = _box_sums(grad_text.to(scale.dtype), scale, ctx.runs, overwrite=True)
-        if needs[0]:
-            grad_visual = torch.mul(grad, g, out=torch.empty_like(g) if kept else g)
-            _depthwise_conv3x3_add_(grad_visual, grad_pre, weight_visual.flip(-1, -2))
-        ctx.maps.give(grad_pre, *([] if kept else [text]))
-        return grad_visual, grad_values, None, None, grad_weight_visual, grad_bias, grad_weight_text, None
+    cells = token_cell_ranges(token_boxes, grid, stride)
+    real = mask.bool()[..., None]
+    # Sums accumulate in at least float32, whatever the autocast dtype; padding tokens
+    # (their features may be anything, NaN included) add zeros.
+    dtype = torch.promote_types(token_feats.dtype, torch.float32)
+    values = torch.where(real, token_feats.to(dtype), 0)
+    total = _sum_over_cells(values, cells, grid)
+    # Tokens per cell: small integers, exact in floating point, so empty cells are found
+    # exactly and forced to 0 (the painted sums there can hold rounding residue).
+    count = _sum_over_cells(real.to(dtype), cells, grid)
+    if reduce == "mean":
+        scale = torch.where(count > 0, 1 / count.clamp(min=1), 0)
+    else:
+        scale = (count > 0).to(dtype)
+    return (total * scale).permute(0, 3, 1, 2).to(token_feats.dtype)
 
 
 class TextFusion(nn.Module):
     """
-    Mixes painted text features into one level's visual features.
+    Base of the fusion modules: mixes painted text features into one level's visual
+    features.
 
-    Token features are first projected by a per-level linear map (cheap: it acts on
-    T tokens, not on H*W cells) so that text can enter the visual feature space of
-    that level, then painted onto the level's grid.
+    The tokens' features are first projected by a per-level linear map (cheap: it acts
+    on T tokens, not on H*W cells) so that text can enter the visual feature space of
+    that level, then painted onto the level's grid (`paint_tokens`, MODEL.TEXT_FUSION.
+    REDUCE). A subclass writes `mix(visual, text)`; it is built as
+    `cls(cfg, channels, stride)`.
 
-    mode "gated": g = sigmoid(conv3x3([visual; text])) per pixel and channel, where
-    gate channel c sees visual and text channel c in a 3x3 neighbourhood (a conv with
-    one group per channel: a full 2C -> C conv would cost more than the transformer at
-    stride 4). It is computed as the sum of two depthwise convs, one over visual with
-    the bias and one over text: the same function, without the interleaved 2C-channel
-    input whose grouped-conv backward is very slow on CPU. out = g * visual +
-    (1 - g) * text. The convs start at zero and the bias at `gate_bias_init`, so g
-    starts at sigmoid(gate_bias_init) everywhere and the output starts close to the
-    visual features.
-    mode "add": out = visual + text, with the projection starting at zero (so the
-    output starts equal to the visual features).
+    Mind the cost of a mix at stride 4: an 800x608 page's map has 30,400 cells there,
+    and a full 2C -> C 3x3 convolution over them (C = 768) takes about 320 G
+    multiply-adds, as much as the whole base transformer's forward (about 310 G). The
+    modules below use depthwise 3x3 convolutions (`gated`) or 1x1 ones (`vsr`, `m2doc`).
     """
 
-    def __init__(self, channels, stride, mode="gated", reduce="mean", gate_bias_init=3.0):
+    def __init__(self, cfg, channels, stride):
         super().__init__()
-        if mode not in ("gated", "add"):
-            raise ValueError(f"TextFusion mode must be 'gated' or 'add', got {mode!r}")
         self.stride = stride
-        self.mode = mode
-        self.reduce = reduce
+        self.reduce = cfg.MODEL.TEXT_FUSION.REDUCE
         self.text_proj = nn.Linear(channels, channels)
-        if mode == "add":
-            nn.init.zeros_(self.text_proj.weight)
-        else:
-            nn.init.normal_(self.text_proj.weight, std=0.02)
+        nn.init.normal_(self.text_proj.weight, std=0.02)
         nn.init.zeros_(self.text_proj.bias)
-        if mode == "gated":
-            self.gate_visual = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels)
-            self.gate_text = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=False)
-            nn.init.zeros_(self.gate_visual.weight)
-            nn.init.zeros_(self.gate_text.weight)
-            nn.init.constant_(self.gate_visual.bias, gate_bias_init)
-            self.reusable_maps = ReusableMaps()
+
+    def paint(self, visual, token_feats, token_boxes, mask):
+        """The level's text map: the tokens' features projected and painted on visual's
+        grid, in visual's dtype and layout."""
+        text = paint_tokens(self.text_proj(token_feats), token_boxes, mask, visual.shape[-2:], self.stride, self.reduce)
+        return text.to(visual.dtype)
+
+    def mix(self, visual, text):
+        """
+        Args:
+            visual: (B, C, H, W) channels-last visual map.
+            text: (B, C, H, W) painted text map (0 where no token sits), same dtype and layout.
+
+        Returns:
+            the fused (B, C, H, W) map.
+        """
+        raise NotImplementedError
 
     def forward(self, visual, token_feats, token_boxes, mask):
+        """
+        Args:
+            visual: (B, C, H, W) the level's visual map.
+            token_feats: (B, T, C) the text tokens' hidden states.
+            token_boxes: (B, T, 4) the tokens' boxes in pixels of the padded image.
+            mask: (B, T), nonzero for real tokens.
+
+        Returns:
+            the fused (B, C, H, W) map, in visual's dtype.
+        """
         # The pyramid's visual maps are channels-last already (the ViT's tokens are rows
         # of C features); keeping every operand in that layout avoids layout conversions
         # inside each op, and depthwise convs are fastest in it on CPU.
         visual = visual.contiguous(memory_format=torch.channels_last)
-        grid = tuple(visual.shape[-2:])
-        token_feats = self.text_proj(token_feats)
-        if self.mode == "gated" and not torch.is_autocast_enabled(visual.device.type):
-            inputs = _paint_inputs(token_feats, token_boxes, mask, grid, self.stride, self.reduce)
-            weights = (self.gate_visual.weight, self.gate_visual.bias, self.gate_text.weight)
-            return _PaintedGatedMix.apply(visual, *inputs, *weights, self.reusable_maps)
-        text = paint_tokens(token_feats, token_boxes, mask, grid, self.stride, self.reduce).to(visual.dtype)
-        if self.mode == "add":
-            return visual + text
-        # Autocast picks each op's precision (half for the convs, while a level fed by a
-        # LayerNorm, layer7 and layer11, stays float32): left to autograd.
+        text = self.paint(visual, token_feats, token_boxes, mask)
+        return self.mix(visual, text).to(visual.dtype)
+
+
+def _register(name):
+    """Registers a built-in module under its MODEL.TEXT_FUSION.MODE name (a user's module
+    goes under its class name, with `TEXT_FUSION_REGISTRY.register()`)."""
+
+    def register(cls):
+        TEXT_FUSION_REGISTRY._do_register(name, cls)
+        return cls
+
+    return register
+
+
+@_register("gated")
+class GatedFusion(TextFusion):
+    """
+    g = sigmoid(conv3x3([visual; text])) per pixel and channel, out = g * visual +
+    (1 - g) * text. The gated fusion of the research code this project grew from (its
+    "AF2": a 3x3 convolution and a sigmoid gate over the text-added map), with a gate
+    that can close (the research code's sigmoid(relu(x)) never went below 0.5).
+
+    Gate channel c sees visual and text channel c in a 3x3 neighbourhood (a conv with
+    one group per channel), computed as the sum of two depthwise convs, one over visual
+    with the bias and one over text: the same function, without an interleaved
+    2C-channel input. The convs start at zero and the bias at GATE_BIAS_INIT, so g
+    starts at sigmoid(GATE_BIAS_INIT) everywhere (0.95 by default: the output starts
+    close to the visual features of a pretrained backbone).
+
+    MODEL.TEXT_FUSION.IMPL "auto" runs the CPU kernel (ditod/layers/cpu_gated_fusion.py)
+    where it applies: float32 on the CPU outside autocast.
+    """
+
+    def __init__(self, cfg, channels, stride):
+        super().__init__(cfg, channels, stride)
+        self.impl = cfg.MODEL.TEXT_FUSION.IMPL
+        if self.impl not in IMPLEMENTATIONS:
+            raise ValueError(f"MODEL.TEXT_FUSION.IMPL must be one of {IMPLEMENTATIONS}, got {self.impl!r}")
+        self.gate_visual = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels)
+        self.gate_text = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=False)
+        nn.init.zeros_(self.gate_visual.weight)
+        nn.init.zeros_(self.gate_text.weight)
+        nn.init.constant_(self.gate_visual.bias, cfg.MODEL.TEXT_FUSION.GATE_BIAS_INIT)
+        self.reusable_maps = cpu_gated_fusion.ReusableMaps()
+
+    def mix(self, visual, text):
+        # Under autocast, autocast picks each op's precision (half for the convs, while a
+        # level fed by a LayerNorm stays float32).
         g = self.gate_visual(visual).add_(self.gate_text(text)).sigmoid_()
         return torch.lerp(text, visual, g.to(visual.dtype))
+
+    def forward(self, visual, token_feats, token_boxes, mask):
+        weights = (self.gate_visual.weight, self.gate_visual.bias, self.gate_text.weight)
+        if self.impl == "auto" and cpu_gated_fusion.applies(visual, *weights):
+            visual = visual.contiguous(memory_format=torch.channels_last)
+            cells = token_cell_ranges(token_boxes, visual.shape[-2:], self.stride)
+            token_feats = self.text_proj(token_feats)
+            return cpu_gated_fusion.painted_gated_mix(
+                visual, token_feats, cells, mask, self.reduce, *weights, self.reusable_maps
+            )
+        return super().forward(visual, token_feats, token_boxes, mask)
+
+
+@_register("add")
+class AddFusion(TextFusion):
+    """
+    out = visual + text: VGT's fusion (ICCV 2023), a plain sum of the visual and the
+    text pyramids. The projection starts at zero, so the output starts equal to the
+    visual features.
+    """
+
+    def __init__(self, cfg, channels, stride):
+        super().__init__(cfg, channels, stride)
+        nn.init.zeros_(self.text_proj.weight)
+
+    def mix(self, visual, text):
+        return visual + text
+
+
+@_register("vsr")
+class VSRFusion(TextFusion):
+    """
+    VSR's weighted fusion (Zhang et al., ICDAR 2021; DAVAR-Lab-OCR's VSRFeatureMerge,
+    merge_type "Weighted", as in its layout configs: no extra projections, no shortcut):
+    alpha = sigmoid(W [visual; text] + b) per pixel, a linear map over the concatenated
+    channels, out = alpha * visual + (1 - alpha) * text.
+
+    W is written as two 1x1 convs, over visual (with b) and over text, which sum to
+    the same function without a 2C-channel map at stride 4. It is 1x1, as VSR's (a
+    Linear per pixel): 2C * C multiply-adds per cell, about 48 G over the four levels of
+    an 800x608 page at C = 768, 15% of the base transformer's forward (a 3x3 would cost
+    nine times as much). W starts as VSR's (PyTorch's default for a
+    Linear of 2C inputs: uniform in +-1/sqrt(2C)); b at GATE_BIAS_INIT, like `gated`'s,
+    so alpha starts near sigmoid(GATE_BIAS_INIT) (VSR's bias starts near 0: alpha near
+    0.5, as with GATE_BIAS_INIT 0).
+    """
+
+    def __init__(self, cfg, channels, stride):
+        super().__init__(cfg, channels, stride)
+        self.gate_visual = nn.Conv2d(channels, channels, kernel_size=1)
+        self.gate_text = nn.Conv2d(channels, channels, kernel_size=1, bias=False)
+        bound = 1 / math.sqrt(2 * channels)
+        nn.init.uniform_(self.gate_visual.weight, -bound, bound)
+        nn.init.uniform_(self.gate_text.weight, -bound, bound)
+        nn.init.constant_(self.gate_visual.bias, cfg.MODEL.TEXT_FUSION.GATE_BIAS_INIT)
+
+    def mix(self, visual, text):
+        alpha = torch.sigmoid(self.gate_visual(visual) + self.gate_text(text))
+        return torch.lerp(text, visual, alpha.to(visual.dtype))
+
+
+@_register("m2doc")
+class M2DocFusion(TextFusion):
+    """
+    M2Doc's early fusion (Zhang et al., AAAI 2024; its ResNet-with-early-fusion
+    backbone): out = LayerNorm(visual + tanh(conv(relu(conv(text)))) * text), two 1x1
+    convs C -> C (2C * C multiply-adds per cell, like `vsr`) and a LayerNorm over each
+    cell's channels, as the formula says (the public code's `.view(-1, C)` of an NCHW
+    map normalises runs of C positions of one channel instead). Initialised as
+    M2Doc's: PyTorch's defaults for the convs, the LayerNorm at identity scale. The LayerNorm renormalises the visual features, so the
+    output does not start at them.
+    """
+
+    def __init__(self, cfg, channels, stride):
+        super().__init__(cfg, channels, stride)
+        self.score_hidden = nn.Conv2d(channels, channels, kernel_size=1)
+        self.score = nn.Conv2d(channels, channels, kernel_size=1)
+        self.norm = nn.LayerNorm(channels)
+
+    def mix(self, visual, text):
+        score = torch.tanh(self.score(F.relu(self.score_hidden(text))))
+        mixed = visual + score.to(text.dtype) * text
+        # LayerNorm over the channels of each cell: on the channels-last map's (B, H, W, C) view.
+        return self.norm(mixed.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def build_text_fusion(cfg, channels, strides):
     """
-    One TextFusion per fused level.
+    The fusion module of MODEL.TEXT_FUSION.MODE for each level of MODEL.TEXT_FUSION.LEVELS.
 
     Args:
         strides: dict level name -> stride of that level.
 
     Returns:
-        nn.ModuleDict level name -> TextFusion (empty when fusion is off).
+        nn.ModuleDict level name -> module (empty when MODE is "none" or MODEL.IMAGE_ONLY).
     """
     mode = cfg.MODEL.TEXT_FUSION.MODE
-    if mode not in ("gated", "add", "none"):
-        raise ValueError(f"MODEL.TEXT_FUSION.MODE must be gated, add or none, got {mode!r}")
+    if mode != "none" and mode not in TEXT_FUSION_REGISTRY:
+        names = sorted(name for name, _ in TEXT_FUSION_REGISTRY)
+        raise ValueError(f"MODEL.TEXT_FUSION.MODE must be 'none' or a registered fusion module {names}, got {mode!r}")
     levels = [] if (cfg.MODEL.IMAGE_ONLY or mode == "none") else list(cfg.MODEL.TEXT_FUSION.LEVELS or strides)
     unknown = [name for name in levels if name not in strides]
     if unknown:
         raise ValueError(f"MODEL.TEXT_FUSION.LEVELS {unknown} are not among MODEL.VIT.OUT_FEATURES {list(strides)}")
-    return nn.ModuleDict(
-        {
-            name: TextFusion(
-                channels,
-                strides[name],
-                mode=mode,
-                reduce=cfg.MODEL.TEXT_FUSION.REDUCE,
-                gate_bias_init=cfg.MODEL.TEXT_FUSION.GATE_BIAS_INIT,
-            )
-            for name in levels
-        }
-    )
+    fusion = TEXT_FUSION_REGISTRY.get(mode) if levels else None
+    return nn.ModuleDict({name: fusion(cfg, channels, strides[name]) for name in levels})
