@@ -113,6 +113,12 @@ def export_onnx(cfg, weights, output_dir, *, classes=None) -> Path:
         # The tracer's notes on Python values taken from shapes (detectron2's asserts and
         # branches): what the trace keeps is checked against PyTorch by tests/test_export.py.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # The TorchScript exporter (dynamo=False) is deprecated, and says so, in its own
+        # code too; it is the one that traces detectron2's data-dependent steps
+        # (proposals, NMS) as this module needs. Its note on advanced indexing concerns
+        # negative indices, which detectron2's (from nonzero, topk) never are.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"torch\.onnx")
         torch.onnx.export(
             OnePageDetector(model).eval(),
             args,
