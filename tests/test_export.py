@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
 from conftest import REPO, TINY_TEXT_CONFIG, shared_data, tiny_cfg
-from ditod.data import PageOCR, load_ocr, save_ocr
+from ditod.data import PageOCR, load_ocr
 from ditod.data.mapper import VLDatasetMapper
 from ditod.data.pages import read_rgb_image
 from ditod.data.synthetic import CATEGORIES
@@ -130,7 +130,7 @@ def test_painting_for_export_equals_training(monkeypatch):
     weights = torch.randn(2, 8, 20, 15, generator=g)
     results = []
     for exporting in (False, True):
-        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: exporting)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda exporting=exporting: exporting)
         painted = paint_tokens(feats, boxes, mask, (20, 15), 4)
         (grad,) = torch.autograd.grad((painted * weights).sum(), feats)
         results.append((painted.detach(), grad))
@@ -215,6 +215,20 @@ def test_a_higher_score_threshold_and_bad_folders(text_export, tmp_path):
     (tmp_path / "ditod_export.json").write_text('{"format_version": 0}')
     with pytest.raises(ValueError, match="format_version 0, this ditod reads 1"):
         OnnxPredictor(tmp_path)
+
+
+def test_pdf_pages_and_pil_images(text_export, two_page_pdf):
+    import pymupdf
+
+    out, _, _ = text_export
+    predictor = OnnxPredictor(out)
+    with pymupdf.open(two_page_pdf) as document:
+        result = predictor(document[1])
+    assert result.ocr_source == "text layer" and result.ocr.words[0] == "Chapter 2"
+    assert (result.width, result.height) == (600, 840) and result.detections
+    image, ocr = crowded_page()
+    from_pil = predictor(Image.fromarray(image), ocr=ocr).detections
+    assert from_pil and from_pil == predictor(np.ascontiguousarray(image[:, :, ::-1]), ocr=ocr).detections
 
 
 RUN_WITHOUT_DETECTRON2 = """
