@@ -46,6 +46,7 @@ import sys
 import time
 from pathlib import Path
 
+import children
 from demo import tokenizer_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ RUNS = {
 
 def run(command, env, log_file):
     with open(log_file, "w") as log:
-        subprocess.run([str(c) for c in command], check=True, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        children.run(command, check=True, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
 def data_settings(args):
