@@ -1,6 +1,7 @@
 """tools/bench_text.py's bookkeeping: results of small validation sets and cached runs."""
 
 import importlib
+import json
 import os
 import sys
 
@@ -26,7 +27,7 @@ def test_a_class_without_validation_instances_is_left_out_of_the_means():
         "runs": {"image_only": {"mean": summary, "per_seed": [summary], "train_minutes": None}},
     }
     row = next(line for line in bench_text.markdown(report).splitlines() if line.startswith("| image_only | 3 |"))
-    assert row == "| image_only | 3 | 0 | 40.0 | 60.0 | 35.0 | **20.0** | 30.0 | - | 10.0 | - |"
+    assert row == "| image_only | 3 | 0 | 40.0 | 60.0 | 35.0 | **20.0** | 30.0 | - | 10.0 | - | - |"
 
 
 def test_cached_outputs_are_reused_only_with_the_same_settings(tmp_path):
@@ -64,3 +65,30 @@ def test_text_dependent_gap_per_budget_takes_the_best_text_run():
         (10, "text_vsr_all", 45.0),
         (30, "text_gated_all_x3", 30.0),
     ]
+
+
+def test_runs_of_an_earlier_call_on_the_same_pages_are_kept_in_order(tmp_path):
+    def entry(run, iters, ap, date):
+        return {"run": run, "iters": iters, "seeds": [0], "mean": {"AP": ap}, "date": date}
+
+    settings = {"train_pages": 4, "val_pages": 2, "data_seed": 1}
+    earlier = {
+        **settings,
+        "iters": 10,
+        "seeds": [0],
+        # A run of the first results files, which had no run, iters, seeds or date.
+        "runs": {"image_only": {"mean": {"AP": 20.0}}, "text_gated_all": entry("text_gated_all", 10, 50.0, "d1")},
+    }
+    results = tmp_path / "text_experiment.json"
+    results.write_text(json.dumps(earlier))
+    report = {**settings, "runs": {"text_gated_all": entry("text_gated_all", 10, 55.0, "d2")}}
+    report["runs"]["image_only_x3"] = entry("image_only", 30, 30.0, "d2")
+    report["runs"]["text_vsr_all"] = entry("text_vsr_all", 10, 60.0, "d2")
+    bench_text.keep_earlier_runs(report, results)
+    assert list(report["runs"]) == ["image_only", "text_gated_all", "text_vsr_all", "image_only_x3"]
+    assert report["runs"]["image_only"] == {"run": "image_only", "iters": 10, "seeds": [0], "mean": {"AP": 20.0}}
+    assert report["runs"]["text_gated_all"]["mean"]["AP"] == 55.0  # this call's run replaces the earlier one
+
+    other_pages = {**settings, "val_pages": 3, "runs": {"text_vsr_all": entry("text_vsr_all", 10, 60.0, "d2")}}
+    bench_text.keep_earlier_runs(other_pages, results)
+    assert list(other_pages["runs"]) == ["text_vsr_all"]

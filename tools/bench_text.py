@@ -46,6 +46,7 @@ import sys
 import time
 from pathlib import Path
 
+import children
 from demo import tokenizer_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ RUNS = {
 
 def run(command, env, log_file):
     with open(log_file, "w") as log:
-        subprocess.run([str(c) for c in command], check=True, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        children.run(command, check=True, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
 def data_settings(args):
@@ -201,6 +202,26 @@ def planned_runs(args):
     return plans
 
 
+def keep_earlier_runs(report, results_file):
+    """Adds to `report` the runs of the earlier results in `results_file` that this call did
+    not run, when they were made on the same pages (each keeps its date), so that runs
+    added later (a new fusion module, another seed) are read next to the earlier ones.
+    Runs are ordered by budget, then as in RUNS."""
+    if results_file.exists():
+        earlier = json.loads(results_file.read_text())
+        settings = ("train_pages", "val_pages", "data_seed")
+        if all(earlier.get(key) == report[key] for key in settings):
+            for key, entry in earlier["runs"].items():
+                defaults = {"run": key, "iters": earlier["iters"], "seeds": earlier["seeds"]}
+                report["runs"].setdefault(key, {**defaults, **entry})
+        else:
+            print(f"[bench-text] {results_file}: made on other pages, its runs are not kept", flush=True)
+    order = list(RUNS)
+    report["runs"] = dict(
+        sorted(report["runs"].items(), key=lambda item: (item[1]["iters"], order.index(item[1]["run"]), item[0]))
+    )
+
+
 def text_dependent_gaps(runs):
     """Per budget (iterations) with an image-only run: the best text run's text-dependent
     AP less image-only's."""
@@ -236,12 +257,14 @@ def markdown(report):
         "and Reference share font, size and placement). Model: configs/tiny/cascade_layoutlmv3_text.yaml "
         f"(hidden 96, 4 layers, from scratch), {report['iters']} iterations of batch 2 at the same learning "
         "rate for every run (runs named _xN: N times as many, the cosine schedule stretched with them); "
-        "the mean over each run's seeds. COCO bbox AP on the validation pages.",
+        "the mean over each run's seeds. COCO bbox AP on the validation pages. Runs of earlier calls "
+        "on the same pages are kept (their date; training minutes depend on the machine's load "
+        "that day, and AP moves by a few points with rounding, e.g. the number of threads).",
         "",
         "| run | iters | seeds | AP | AP50 | AP75 | text-dependent AP | "
         + " | ".join(TEXT_DEPENDENT)
-        + " | train min |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(TEXT_DEPENDENT) + "---|",
+        + " | train min | date |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(TEXT_DEPENDENT) + "---|---|",
     ]
     for key, entry in runs.items():
         m = entry["mean"]
@@ -251,7 +274,7 @@ def markdown(report):
             f"| {key} | {entry.get('iters', report['iters'])} | {seeds} | {fmt(m['AP'])} | {fmt(m['AP50'])} "
             f"| {fmt(m['AP75'])} | **{fmt(m['text_dependent_AP'])}** | "
             + " | ".join(fmt(m["per_class_AP"][c]) for c in TEXT_DEPENDENT)
-            + f" | {fmt(minutes)} |"
+            + f" | {fmt(minutes)} | {entry.get('date', '-')} |"
         )
     several = {key: entry for key, entry in runs.items() if len(entry.get("per_seed", [])) > 1}
     if several:
@@ -340,7 +363,9 @@ def main():
             "mean": means,
             "per_seed": per_seed,
             "train_minutes": mean(minutes),
+            "date": time.strftime("%Y-%m-%d"),
         }
+    keep_earlier_runs(report, args.results / "text_experiment.json")
     report["text_dependent_gaps"] = text_dependent_gaps(report["runs"])
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "text_experiment.json").write_text(json.dumps(report, indent=2))

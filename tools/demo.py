@@ -17,10 +17,11 @@ the project's commands, run as a user would run it.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import children
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml"
@@ -43,7 +44,7 @@ def tokenizer_command(synthetic, tokenizer):
 def run(step, command, env):
     print(f"\n=== {step}\n$ {' '.join(str(c) for c in command)}", flush=True)
     start = time.perf_counter()
-    subprocess.run([str(c) for c in command], check=True, env=env, cwd=REPO)
+    children.run(command, check=True, env=env, cwd=REPO)
     return time.perf_counter() - start
 
 
