@@ -6,12 +6,14 @@ page in reading order with their text, as JSON (and Markdown), drawn on the page
     python tools/infer.py --config-file configs/publaynet/cascade_layoutlmv3_text.yaml \\
         --weights output/model_final.pth --input page.png scans/ paper.pdf --output out/ \\
         [--format json markdown] [--ray] --opts MODEL.VIT.TOKENIZER path/to/tokenizer
+    python tools/infer.py --onnx exported/ --input page.png --output out/   # tools/export.py's folder
 
 Inputs are image files (png/jpg/jpeg/tif/tiff/bmp), PDFs (pages rendered at --dpi, their
 text layer as OCR) and folders (searched recursively for both). A model that reads text
 takes an image's OCR json from --ocr-dir (same relative path and stem); a page without
 OCR is OCRed on the fly by --ocr-engine. Class names and COCO ids are those training saved
-in the checkpoint (--classes overrides the names).
+in the checkpoint (--classes overrides the names). --onnx runs an exported model with ONNX
+Runtime instead of PyTorch (no config, weights or --opts; not with --ray).
 
 Written under --output (see ditod/engine/collection.py): per page <name>.json (blocks in
 reading order with their text), <name>.md (--format markdown), <name>.png (blocks drawn,
@@ -43,14 +45,16 @@ from ditod.data.pages import collect_pages, in_shard, parse_shard
 from ditod.engine import PageWriter, ResultsLog, VLPredictor, checkpoint_info, configure_cpu_memory, model_classes
 from ditod.engine.collection import FORMATS, predict_pages
 from ditod.engine.ray_collection import predict_pages_on_ray, ray_instance
+from ditod.runtime import OnnxPredictor
 
 logger = logging.getLogger("ditod.tools.infer")
 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--weights", required=True, help="the model's checkpoint (.pth)")
+    parser.add_argument("--config-file", metavar="FILE", help="the model's config (not with --onnx)")
+    parser.add_argument("--weights", help="the model's checkpoint (.pth; not with --onnx)")
+    parser.add_argument("--onnx", metavar="DIR", help="run a model exported by tools/export.py with ONNX Runtime")
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders, PDFs")
     parser.add_argument("--output", required=True, help="folder for the drawn pages and the JSONs")
     parser.add_argument("--ocr-dir", help="folder of OCR jsons of the images (same relative path and stem)")
@@ -71,9 +75,18 @@ def get_parser():
 
 
 def check_arguments(args):
+    if args.onnx:
+        given = [flag for flag, value in (("--config-file", args.config_file), ("--weights", args.weights)) if value]
+        given += ["--opts"] * bool(args.opts) + ["--ray"] * args.ray
+        if given:
+            raise SystemExit(f"infer.py: error: --onnx runs an exported model: no {', '.join(given)} with it")
+    elif not (args.config_file and args.weights):
+        raise SystemExit("infer.py: error: give --config-file and --weights, or --onnx DIR")
+    weights = None if args.onnx or "://" in args.weights else args.weights  # URLs: fetched
     for flag, path, is_right, kind in (
         ("--ocr-dir", args.ocr_dir, os.path.isdir, "a folder"),
-        ("--weights", None if "://" in args.weights else args.weights, os.path.isfile, "a file"),  # URLs: fetched
+        ("--weights", weights, os.path.isfile, "a file"),
+        ("--onnx", args.onnx, os.path.isdir, "a folder"),
     ):
         if path and not is_right(path):
             raise SystemExit(
@@ -103,14 +116,19 @@ def main(argv=None):
     output = Path(args.output)
     with contextlib.ExitStack() as stack:
         try:
-            cfg = setup_cfg(args)
-            configure_cpu_memory(cfg)
             pages, failures = collect_pages(args.input, args.ocr_dir)
-            if args.ray:
+            options = {"classes": args.classes, "ocr_engine": args.ocr_engine, "dpi": args.dpi}
+            if args.onnx:
+                predictor = OnnxPredictor(args.onnx, input_format="RGB", score_thresh=args.score_thresh, **options)
+                classes, ids = predictor.class_names, predictor.category_ids
+            elif args.ray:
+                cfg = setup_cfg(args)
+                configure_cpu_memory(cfg)
                 stack.enter_context(ray_instance(args.ray_cpus))
                 classes, ids = model_classes(cfg, checkpoint_info(args.weights), args.classes, args.weights)
             else:
-                options = {"classes": args.classes, "ocr_engine": args.ocr_engine, "dpi": args.dpi}
+                cfg = setup_cfg(args)
+                configure_cpu_memory(cfg)
                 predictor = VLPredictor(cfg, input_format="RGB", **options)
                 classes, ids = predictor.class_names, predictor.category_ids
         except (FileNotFoundError, ValueError) as e:
