@@ -45,7 +45,9 @@ setup(
     ],
     extras_require={
         # ray: tests of tools/infer.py --ray on a local instance.
-        "dev": ["pytest", "pytest-timeout", "ruff==0.17.6", "ray[data]>=2.40"],
+        # onnx: tests of the ONNX export.
+        "dev": ["pytest", "pytest-timeout", "ruff==0.17.6", "ray[data]>=2.40", "onnx"],
+        "export": ["onnx", "onnxruntime"],  # tools/export.py; ditod.runtime needs onnxruntime only
         "paddle": ["paddleocr"],
         "ray": ["ray[data]>=2.40"],  # tools/infer.py --ray: collections on a Ray cluster
     },

@@ -24,6 +24,11 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import compat, get_cfg
 from detectron2.config.defaults import _C as DETECTRON2_DEFAULTS
 
+# What configs name by string, registered with the config: the backbone and the
+# meta-architecture, and the built-in dataset names.
+from . import modeling  # noqa: F401
+from .data import datasets  # noqa: F401
+
 __all__ = ["CONFIG_VERSION", "IGNORED_KEYS", "ConverterV3", "add_vit_config", "load_config"]
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,13 @@
 """The import graph of ditod: one way (data never imports modeling or engine), no cycle,
-and every module importable on its own."""
+every module importable on its own, the packages' lazy names all there, and the
+inference path without detectron2."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 
@@ -48,7 +51,7 @@ def test_the_graph_sees_the_imports():
     # and a package import).
     assert "ditod.data.reading_order" in GRAPH["ditod.data.tokens"]
     assert "ditod.layoutlmv3" in GRAPH["ditod.modeling.backbone"]
-    assert "ditod.data" in GRAPH["ditod"]
+    assert "ditod.data" in GRAPH["ditod.config"]
 
 
 def test_data_imports_neither_modeling_nor_engine():
@@ -104,4 +107,44 @@ def test_every_module_imports_alone():
     done = subprocess.run(
         [sys.executable, "-c", IMPORT_ALONE, *names], cwd=REPO, capture_output=True, text=True, timeout=240
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_lazy_package_names_resolve():
+    import ditod
+    import ditod.data
+    import ditod.engine
+
+    for package in (ditod, ditod.data, ditod.engine):
+        assert package.__all__ and set(package.__all__) <= set(dir(package))
+        for name in package.__all__:
+            assert getattr(package, name).__module__.startswith(package.__name__), name
+    with pytest.raises(AttributeError, match="'ditod.data' has no attribute 'nothing'"):
+        ditod.data.nothing  # noqa: B018
+
+
+# What the ONNX Runtime predictor and its OCR, tokens and blocks need: none imports detectron2.
+WITHOUT_DETECTRON2 = [
+    "ditod",
+    "ditod.data",
+    "ditod.data.ocr",
+    "ditod.data.reading_order",
+    "ditod.data.tokens",
+    "ditod.engine",
+    "ditod.engine.blocks",
+    "ditod.engine.prediction",
+    "ditod.layoutlmv3",
+    "ditod.runtime",
+]
+
+
+def test_the_inference_path_imports_no_detectron2():
+    code = (
+        "import importlib, sys\n"
+        f"for name in {WITHOUT_DETECTRON2!r}: importlib.import_module(name)\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'detectron2'], 'detectron2 imported'\n"
+        "from ditod import load_config\n"
+        "assert 'detectron2' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -13,7 +13,7 @@ from detectron2.data import transforms as T
 
 from .datasets import image_file_problem
 from .ocr import OCRFormatError, PageOCR, fit_to_image, load_ocr
-from .tokens import OCRTokenizer
+from .tokens import OCRTokenizer, transform_ocr_boxes
 
 __all__ = [
     "UnreadableDatasetError",
@@ -44,31 +44,6 @@ def build_vl_augmentation(cfg, is_train):
         pre_crop = T.ResizeShortestEdge(list(DETR_PRE_CROP_SIZES), sample_style="choice")
         crop = T.RandomApply(T.AugmentationList([pre_crop, crop]), prob=0.5)
     return [crop] + augmentations
-
-
-def transform_ocr_boxes(boxes, transforms, image_shape):
-    """
-    Line boxes (N, 4 x0, y0, x1, y1) through the image's transforms.
-
-    A line whose centre leaves the transformed image is dropped (most of it was cropped
-    away); the others are clipped to the image, so a line cut by the crop keeps the box
-    of its visible part.
-
-    Returns:
-        boxes (K, 4) in pixels of the transformed image, and the indices (K,) of the
-        kept lines.
-    """
-    if len(boxes) == 0:
-        return np.zeros((0, 4), dtype=np.float64), np.zeros(0, dtype=np.int64)
-    boxes = transforms.apply_box(np.asarray(boxes, dtype=np.float64))
-    height, width = image_shape
-    center_x = (boxes[:, 0] + boxes[:, 2]) / 2
-    center_y = (boxes[:, 1] + boxes[:, 3]) / 2
-    keep = np.flatnonzero((center_x >= 0) & (center_x <= width) & (center_y >= 0) & (center_y <= height))
-    boxes = boxes[keep]
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    return boxes, keep
 
 
 def _page_name(dataset_dict):
@@ -204,13 +179,6 @@ class VLDatasetMapper(DatasetMapper):
                 )
             return PageOCR.empty(*image_size)
 
-    def _tokens(self, page, transforms, image_shape):
-        boxes = page.boxes_xyxy()
-        order = self.ocr_tokenizer.line_order(boxes)
-        boxes, kept = transform_ocr_boxes(boxes[order], transforms, image_shape)
-        lines = [page.words[i] for i in order[kept]]
-        return self.ocr_tokenizer.encode(lines, boxes)
-
     def __call__(self, dataset_dict):
         """
         Args:
@@ -254,7 +222,9 @@ class VLDatasetMapper(DatasetMapper):
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         if page is not None:
-            dataset_dict["input_ids"], dataset_dict["token_boxes"] = self._tokens(page, transforms, image_shape)
+            dataset_dict["input_ids"], dataset_dict["token_boxes"] = self.ocr_tokenizer.encode_page(
+                page, transforms, image_shape
+            )
 
         if not self.is_train:
             dataset_dict.pop("annotations", None)

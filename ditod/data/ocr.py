@@ -46,6 +46,7 @@ __all__ = [
     "PaddleOCREngine",
     "OCR_ENGINES",
     "build_ocr_engine",
+    "OnTheFlyOCR",
     "parse_paddleocr_result",
     "WordAgreement",
     "word_agreement",
@@ -466,6 +467,20 @@ def build_ocr_engine(name: str = "rapidocr", **kwargs) -> OCREngine:
     if name not in OCR_ENGINES:
         raise ValueError(f"unknown OCR engine {name!r}; choose from {sorted(OCR_ENGINES)}")
     return OCR_ENGINES[name](**kwargs)
+
+
+class OnTheFlyOCR:
+    """OCR of pages that have none: an engine (a name of `OCR_ENGINES`, or an `OCREngine`),
+    built on the first page that needs it (building one loads its models)."""
+
+    def __init__(self, engine: str | OCREngine = "rapidocr"):
+        self.name = engine if isinstance(engine, str) else type(engine).__name__
+        self._engine = None if isinstance(engine, str) else engine
+
+    def __call__(self, image_rgb: np.ndarray) -> PageOCR:
+        if self._engine is None:
+            self._engine = build_ocr_engine(self.name)
+        return self._engine(image_rgb)
 
 
 # ----------------------------------------------------------- comparing OCR runs

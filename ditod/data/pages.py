@@ -29,7 +29,7 @@ from detectron2.data.detection_utils import _apply_exif_orientation
 from detectron2.utils.file_io import PathManager
 
 from .mapper import UnreadableImageError
-from .ocr import OCREngine, PageOCR, build_ocr_engine, load_ocr, read_pdf_page
+from .ocr import OnTheFlyOCR, PageOCR, load_ocr, read_pdf_page
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -191,20 +191,6 @@ def read_rgb_image(path) -> np.ndarray:
         if image.mode != "RGB":
             image = image.convert("RGB")
         return np.asarray(image)
-
-
-class OnTheFlyOCR:
-    """OCR of pages that have none: an engine (a name of `OCR_ENGINES`, or an `OCREngine`),
-    built on the first page that needs it (building one loads its models)."""
-
-    def __init__(self, engine: str | OCREngine = "rapidocr"):
-        self.name = engine if isinstance(engine, str) else type(engine).__name__
-        self._engine = None if isinstance(engine, str) else engine
-
-    def __call__(self, image_rgb: np.ndarray) -> PageOCR:
-        if self._engine is None:
-            self._engine = build_ocr_engine(self.name)
-        return self._engine(image_rgb)
 
 
 @dataclass

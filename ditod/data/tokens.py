@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, LayoutLMv3Tokenizer, XLMRobertaTokenizer
 from ..layoutlmv3 import build_layoutlmv3_config, get_tokenizer, max_text_tokens
 from .reading_order import reading_order
 
-__all__ = ["OCRTokenizer", "train_tokenizer"]
+__all__ = ["OCRTokenizer", "train_tokenizer", "transform_ocr_boxes"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,31 @@ def train_tokenizer(texts, out_dir, vocab_size=1000, kind="bpe"):
 # ---------------------------------------------------------------- page encoding
 
 
+def transform_ocr_boxes(boxes, transforms, image_shape):
+    """
+    Line boxes (N, 4 x0, y0, x1, y1) through the image's transforms.
+
+    A line whose centre leaves the transformed image is dropped (most of it was cropped
+    away); the others are clipped to the image, so a line cut by the crop keeps the box
+    of its visible part.
+
+    Returns:
+        boxes (K, 4) in pixels of the transformed image, and the indices (K,) of the
+        kept lines.
+    """
+    if len(boxes) == 0:
+        return np.zeros((0, 4), dtype=np.float64), np.zeros(0, dtype=np.int64)
+    boxes = transforms.apply_box(np.asarray(boxes, dtype=np.float64))
+    height, width = image_shape
+    center_x = (boxes[:, 0] + boxes[:, 2]) / 2
+    center_y = (boxes[:, 1] + boxes[:, 3]) / 2
+    keep = np.flatnonzero((center_x >= 0) & (center_x <= width) & (center_y >= 0) & (center_y <= height))
+    boxes = boxes[keep]
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    return boxes, keep
+
+
 class OCRTokenizer:
     """
     Turns one page's OCR lines and boxes into LayoutLMv3 text inputs.
@@ -188,6 +213,8 @@ class OCRTokenizer:
         self.max_tokens_per_line = max_tokens_per_line
         self.order = order
         self.add_special_tokens = add_special_tokens
+        self.drop_unk = drop_unk
+        self.drop_leading_space = drop_leading_space
         self.cache_size = cache_size
         self._backend = tokenizer.backend_tokenizer
         dropped = set()
@@ -228,6 +255,18 @@ class OCRTokenizer:
             drop_leading_space=ocr.DROP_LEADING_SPACE,
             add_special_tokens=ocr.ADD_SPECIAL_TOKENS,
         )
+
+    def settings(self) -> dict:
+        """The arguments besides the tokenizer that build this encoder again (an exported
+        model records them: `OCRTokenizer(tokenizer, **settings)` tokenizes as this one)."""
+        return {
+            "max_tokens": self.max_tokens,
+            "max_tokens_per_line": self.max_tokens_per_line,
+            "order": self.order,
+            "drop_unk": self.drop_unk,
+            "drop_leading_space": self.drop_leading_space,
+            "add_special_tokens": self.add_special_tokens,
+        }
 
     def line_order(self, boxes):
         """Indices of the lines with `boxes` (N, 4 x0, y0, x1, y1) in the configured order."""
@@ -284,3 +323,23 @@ class OCRTokenizer:
             zero = np.zeros((1, 4), dtype=np.float32)
             token_boxes = np.concatenate([zero, token_boxes, zero])
         return torch.tensor(ids, dtype=torch.long), torch.from_numpy(token_boxes.reshape(-1, 4))
+
+    def encode_page(self, page, transforms, image_shape):
+        """
+        The tokens of a page's OCR on the page's image after `transforms`: the lines in the
+        configured order on the page as it is, their boxes moved by the transforms (see
+        `transform_ocr_boxes`), then `encode`d.
+
+        Args:
+            page: the `PageOCR` of the page before the transforms.
+            transforms: what was applied to the image; its `apply_box` moves boxes (a
+                detectron2 `Transform` or anything with that method).
+            image_shape: (height, width) of the transformed image.
+
+        Returns:
+            input_ids, token_boxes as `encode` (boxes in pixels of the transformed image).
+        """
+        boxes = page.boxes_xyxy()
+        order = self.line_order(boxes)
+        boxes, kept = transform_ocr_boxes(boxes[order], transforms, image_shape)
+        return self.encode([page.words[i] for i in order[kept]], boxes)

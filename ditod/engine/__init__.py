@@ -1,45 +1,29 @@
-"""Training, optimizer, evaluation, checkpoint loading and inference (the predictor, ordered blocks, collections)."""
+"""Training, optimizer, evaluation, checkpoint loading and inference (the predictor, ordered
+blocks, collections, ONNX export).
 
-from .blocks import Block, Detection, TextLine, blocks_markdown, ordered_blocks
-from .checkpoint import (
-    VLDetectionCheckpointer,
-    WeightsError,
-    checkpoint_info,
-    convert_huggingface_layout,
-    convert_original_layout,
-)
-from .collection import PageWriter, ResultsLog, predict_pages
-from .cpu_memory import configure_cpu_memory, keep_freed_cpu_memory
-from .evaluation import VLCOCOEvaluator, write_metrics
-from .optimizer import build_optimizer, layoutlmv3_param_groups, transformer_lr_factor
-from .predictor import PagePrediction, VLPredictor, model_classes
-from .trainer import AccumulatingTrainer, VLTrainer, check_solver
+Names are imported on first use (`ditod._lazy`), so that the blocks and the page
+predictions need no detectron2.
+"""
 
-__all__ = [
-    "AccumulatingTrainer",
-    "Block",
-    "Detection",
-    "PagePrediction",
-    "PageWriter",
-    "ResultsLog",
-    "TextLine",
-    "VLCOCOEvaluator",
-    "VLDetectionCheckpointer",
-    "VLPredictor",
-    "VLTrainer",
-    "WeightsError",
-    "blocks_markdown",
-    "build_optimizer",
-    "check_solver",
-    "checkpoint_info",
-    "configure_cpu_memory",
-    "convert_huggingface_layout",
-    "convert_original_layout",
-    "keep_freed_cpu_memory",
-    "layoutlmv3_param_groups",
-    "model_classes",
-    "ordered_blocks",
-    "predict_pages",
-    "transformer_lr_factor",
-    "write_metrics",
-]
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "blocks": ["Block", "Detection", "TextLine", "blocks_markdown", "ordered_blocks"],
+    "checkpoint": [
+        "VLDetectionCheckpointer",
+        "WeightsError",
+        "checkpoint_info",
+        "convert_huggingface_layout",
+        "convert_original_layout",
+    ],
+    "collection": ["PageWriter", "ResultsLog", "predict_pages"],
+    "cpu_memory": ["configure_cpu_memory", "keep_freed_cpu_memory"],
+    "evaluation": ["VLCOCOEvaluator", "write_metrics"],
+    "export": ["export_onnx"],
+    "optimizer": ["build_optimizer", "layoutlmv3_param_groups", "transformer_lr_factor"],
+    "prediction": ["PagePrediction", "PagePredictor"],
+    "predictor": ["VLPredictor", "model_classes"],
+    "trainer": ["AccumulatingTrainer", "VLTrainer", "check_solver"],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

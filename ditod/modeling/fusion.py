@@ -85,9 +85,13 @@ def _sum_over_cells(values, cells, grid):
     page = torch.arange(batch, device=values.device)[:, None] * (rows * cols)
     corners = torch.stack([y0 * cols + x0, y0 * cols + x1 + 1, (y1 + 1) * cols + x0, (y1 + 1) * cols + x1 + 1])
     signed = torch.stack([values, -values, -values, values])
-    diff = values.new_zeros(batch * rows * cols, size).index_add_(
-        0, (page + corners).flatten(), signed.reshape(-1, size)
-    )
+    index, signed = (page + corners).flatten(), signed.reshape(-1, size)
+    if torch.onnx.is_in_onnx_export():
+        # The exporter writes index_add_ as a scatter that keeps one of the values written
+        # to a place; scatter_add_ becomes ScatterElements with reduction "add".
+        diff = values.new_zeros(batch * rows * cols, size).scatter_add_(0, index[:, None].expand(-1, size), signed)
+    else:
+        diff = values.new_zeros(batch * rows * cols, size).index_add_(0, index, signed)
     return diff.view(batch, rows, cols, size).cumsum(1).cumsum(2)[:, :height, :width]
 
 

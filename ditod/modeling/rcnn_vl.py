@@ -3,6 +3,7 @@
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from detectron2.layers.wrappers import shapes_to_tensor
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.utils.events import get_event_storage
 
@@ -53,11 +54,18 @@ class VLGeneralizedRCNN(GeneralizedRCNN):
                     f"{x.get('file_name', 'an input')}: {page_ids.shape[0]} input_ids but "
                     f"{page_boxes.shape[0]} token_boxes"
                 )
-        input_ids = pad_sequence(ids, batch_first=True, padding_value=bottom_up.pad_token_id)
-        token_boxes = pad_sequence(boxes, batch_first=True)
-        lengths = torch.tensor([len(i) for i in ids], device=input_ids.device)
-        attention_mask = (torch.arange(input_ids.shape[1], device=input_ids.device) < lengths[:, None]).long()
-        image_sizes = torch.tensor(images.image_sizes, device=token_boxes.device)
+        if len(ids) == 1:
+            # One page needs no padding. Written without Python numbers of the input, so
+            # that a trace (ONNX export) keeps the number of tokens dynamic.
+            input_ids, token_boxes = ids[0][None], boxes[0][None]
+            attention_mask = torch.ones_like(input_ids)
+        else:
+            input_ids = pad_sequence(ids, batch_first=True, padding_value=bottom_up.pad_token_id)
+            token_boxes = pad_sequence(boxes, batch_first=True)
+            lengths = torch.tensor([len(i) for i in ids], device=input_ids.device)
+            attention_mask = (torch.arange(input_ids.shape[1], device=input_ids.device) < lengths[:, None]).long()
+        # In a trace the sizes are tensors of the input's shape (`shapes_to_tensor`).
+        image_sizes = torch.stack([shapes_to_tensor(list(size), token_boxes.device) for size in images.image_sizes])
         inputs.update(
             input_ids=input_ids,
             bbox=normalize_token_boxes(token_boxes, image_sizes) * attention_mask.unsqueeze(-1),
