@@ -935,8 +935,9 @@ def infer_markdown(i, device):
         "detections, reading order). The reference's model stage is all of its call, pre- and postprocessing "
         "included.",
         "",
-        f"Load average (1, 5, 15 min; 2 cores) before {i['load_average_before']}, at the end "
-        f"{i['load_average_after']}.",
+        f"Load average (1, 5, 15 min) before {i['load_average_before']}, at the end "
+        f"{i['load_average_after']}: above the cores of Environment (cpu_count), other work shared the machine "
+        "(compare the ratios of one run, not speeds across runs).",
         "",
     ]
     return lines
