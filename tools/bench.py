@@ -70,6 +70,7 @@ from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
+import children
 import numpy as np
 import torch
 from PIL import Image
@@ -188,7 +189,7 @@ def bench_paint(args):
         }
         command = [sys.executable, __file__, "--loop-worker", str(stride), "--device", args.device]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.loop_budget, check=True)
+            done = children.run(command, capture_output=True, text=True, timeout=args.loop_budget, check=True)
             loop, complete = json.loads(done.stdout.strip().splitlines()[-1])["seconds"], True
         except subprocess.TimeoutExpired:
             loop, complete = float(args.loop_budget), False
@@ -338,7 +339,7 @@ def step_worker(name, device, repeats):
 
 def run_step_worker(name, args):
     command = [sys.executable, __file__, "--step-worker", name, "--device", args.device, "--repeats", str(args.repeats)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = children.run(command, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"step {name} failed:\n{done.stderr[-3000:]}")
     result = {**json.loads(done.stdout.strip().splitlines()[-1]), "date": time.strftime("%Y-%m-%d")}
