@@ -188,6 +188,85 @@ def test_exported_text_model_finds_what_pytorch_finds(tiny_model, text_export):
         assert [d.bbox for d in got.detections] == [d.bbox for d in onnx_predictor(page, ocr=page_ocr).detections]
 
 
+def attention_ops(model_dir):
+    """The op types of model_dir/model.onnx that are not in ONNX's own domain, and its MatMuls."""
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
+    return sorted(n.op_type for n in graph.node if n.domain not in ("", "ai.onnx")), sum(
+        n.op_type == "MatMul" for n in graph.node
+    )
+
+
+def test_fused_and_plain_attention_find_the_same(tiny_model, text_export, tmp_path):
+    root, _, _ = tiny_model
+    fused, _, cfg = text_export
+    plain = tmp_path / "plain"
+    export_onnx(cfg, str(root / "weights.pth"), plain, attention="plain")
+    layers = len(build_model(cfg).backbone.bottom_up.layoutlmv3.encoder.layer)
+    (fused_ops, fused_matmuls), (plain_ops, plain_matmuls) = attention_ops(fused), attention_ops(plain)
+    assert (ExportSpec.load(fused).attention, ExportSpec.load(plain).attention) == ("fused", "plain")
+    assert fused_ops == ["MultiHeadAttention"] * layers and plain_ops == []
+    # Each fused layer takes its two products of attention out of the MatMuls.
+    assert plain_matmuls - fused_matmuls == 2 * len(fused_ops)
+    synthetic = (
+        read_rgb_image(root / "val" / "images" / "val_000000.png"),
+        load_ocr(root / "val" / "ocr" / "val_000000.json"),
+    )
+    for page, page_ocr in (synthetic, crowded_page(), real_pages(1)[0]):
+        assert_same_detections(
+            OnnxPredictor(fused, input_format="RGB")(page, ocr=page_ocr),
+            OnnxPredictor(plain, input_format="RGB")(page, ocr=page_ocr),
+        )
+    with pytest.raises(ValueError, match="attention must be one of"):
+        export_onnx(cfg, str(root / "weights.pth"), tmp_path / "bad", attention="flash")
+
+
+class TransformerLayers(torch.nn.Module):
+    """The tiny model's transformer layers as a function of the hidden states (no mask)."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, hidden):
+        for layer in self.layers:
+            hidden = layer(hidden, None)
+        return hidden
+
+
+def test_fused_attention_equals_pytorch_on_the_transformer(tmp_path):
+    import onnxruntime
+
+    from ditod.engine.export import OPSET, torchscript_exporter_quiet
+    from ditod.layers.onnxruntime_attention import sdpa_as_multihead_attention
+
+    transformer = build_model(tiny_cfg()).backbone.bottom_up.layoutlmv3
+    config = transformer.config
+    layers = TransformerLayers(transformer.encoder.layer).eval()
+    heads = config.num_attention_heads
+    path = tmp_path / "layers.onnx"
+    fusing = sdpa_as_multihead_attention(heads, config.hidden_size // heads, OPSET)
+    with torch.no_grad(), torchscript_exporter_quiet(), fusing as fused:
+        torch.onnx.export(
+            layers,
+            (torch.randn(1, 40, config.hidden_size),),
+            str(path),
+            input_names=["hidden"],
+            dynamic_axes={"hidden": {1: "tokens"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    assert len(fused) == len(layers.layers)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for tokens in (1, 57, 300):
+        hidden = torch.randn(1, tokens, config.hidden_size, generator=torch.Generator().manual_seed(tokens))
+        with torch.no_grad():
+            expected = layers(hidden).numpy()
+        (got,) = session.run(None, {"hidden": hidden.numpy()})
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
+
+
 def test_exported_image_only_model_finds_what_pytorch_finds(image_only_export):
     out, cfg, weights = image_only_export
     spec = ExportSpec.load(out)

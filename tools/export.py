@@ -11,7 +11,8 @@ Written under --output: model.onnx (one page in: its resized image and, for a mo
 reads text, its token ids and boxes; boxes, scores, classes out; the page size and the
 number of tokens dynamic), ditod_export.json (class names and ids, preprocessing
 constants, the score threshold), config.yaml and, for a model that reads text,
-tokenizer/. The graph keeps the detections scoring above MODEL.ROI_HEADS.SCORE_THRESH_TEST
+tokenizer/. Attention is ONNX Runtime's fused op unless --attention plain asks for
+standard ONNX ops (for runtimes other than ONNX Runtime). The graph keeps the detections scoring above MODEL.ROI_HEADS.SCORE_THRESH_TEST
 (detectron2's default 0.05 unless the config sets it): a predictor can raise it, not lower it.
 """
 
@@ -25,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from ditod import load_config
 from ditod.data import register_from_config
-from ditod.engine.export import export_onnx
+from ditod.engine.export import ATTENTION_FORMS, export_onnx
 
 logger = logging.getLogger("ditod.tools.export")
 
@@ -36,6 +37,13 @@ def get_parser():
     parser.add_argument("--weights", required=True, help="the model's checkpoint (.pth)")
     parser.add_argument("--output", required=True, help="folder for model.onnx and what inference needs beside it")
     parser.add_argument("--classes", nargs="+", help="class names (default: those in the checkpoint)")
+    parser.add_argument(
+        "--attention",
+        choices=ATTENTION_FORMS,
+        default="fused",
+        help="fused: ONNX Runtime's MultiHeadAttention op (CPU, CUDA; the fastest there); "
+        "plain: standard ONNX ops, for other runtimes (default: %(default)s)",
+    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ..., last")
     return parser
 
@@ -51,7 +59,7 @@ def main(argv=None):
         cfg = load_config(args.config_file, args.opts)
         cfg.freeze()
         register_from_config(cfg)
-        path = export_onnx(cfg, args.weights, args.output, classes=args.classes)
+        path = export_onnx(cfg, args.weights, args.output, classes=args.classes, attention=args.attention)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"export.py: error: {e}") from None
     files = sorted(p.name + ("/" if p.is_dir() else "") for p in path.parent.iterdir())

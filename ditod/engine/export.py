@@ -13,9 +13,12 @@ reads text, tokenizer/ (the tokenizer, saved with `save_pretrained`).
 The graph is traced (`torch.onnx.export` with the TorchScript exporter, opset 17) on
 an example page. The fusion runs its reference implementation (MODEL.TEXT_FUSION.IMPL
 "reference": the CPU kernel is no ONNX op), and detectron2's ROI heads, score threshold
-and NMS included, trace into ONNX ops (RoiAlign, NonMaxSuppression).
+and NMS included, trace into ONNX ops (RoiAlign, NonMaxSuppression). Attention is written
+as ONNX Runtime's fused MultiHeadAttention (attention="fused", the default, for ONNX
+Runtime on CPU or CUDA) or in standard ONNX ops (attention="plain", for any runtime).
 """
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -28,16 +31,18 @@ from detectron2.modeling import build_model
 
 from ..data.mapper import VLDatasetMapper
 from ..data.ocr import PageOCR
+from ..layers.onnxruntime_attention import sdpa_as_multihead_attention
 from ..runtime.spec import MODEL_FILE, TOKENIZER_DIR, ExportSpec
 from .checkpoint import VLDetectionCheckpointer
 from .predictor import model_classes
 
-__all__ = ["OPSET", "OnePageDetector", "export_onnx"]
+__all__ = ["ATTENTION_FORMS", "OPSET", "OnePageDetector", "export_onnx"]
 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
 OUTPUTS = ["boxes", "scores", "classes"]
+ATTENTION_FORMS = ("fused", "plain")
 
 
 class OnePageDetector(nn.Module):
@@ -61,6 +66,22 @@ class OnePageDetector(nn.Module):
         return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
 
 
+@contextlib.contextmanager
+def torchscript_exporter_quiet():
+    """Silence the TorchScript exporter's notes that do not concern a ditod export."""
+    with warnings.catch_warnings():
+        # The tracer's notes on Python values taken from shapes (detectron2's asserts and
+        # branches): what the trace keeps is checked against PyTorch by tests/test_export.py.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # The TorchScript exporter (dynamo=False) is deprecated, and says so, in its own
+        # code too; it is the one that traces detectron2's data-dependent steps
+        # (proposals, NMS) as this module needs. Its note on advanced indexing concerns
+        # negative indices, which detectron2's (from nonzero, topk) never are.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"torch\.onnx")
+        yield
+
+
 def example_page(cfg) -> tuple[np.ndarray, PageOCR]:
     """A page to trace the model on: an image of the test size (noise, so that the model
     finds something on it) and OCR lines of a few words over its height."""
@@ -75,7 +96,7 @@ def example_page(cfg) -> tuple[np.ndarray, PageOCR]:
     return image, PageOCR(width, height, words, np.asarray(boxes))
 
 
-def export_onnx(cfg, weights, output_dir, *, classes=None) -> Path:
+def export_onnx(cfg, weights, output_dir, *, classes=None, attention="fused") -> Path:
     """
     Export the model of `cfg` with the weights file `weights` to `output_dir` (created;
     files there are overwritten). An image-only config (MODEL.IMAGE_ONLY) exports a model
@@ -85,6 +106,8 @@ def export_onnx(cfg, weights, output_dir, *, classes=None) -> Path:
     Returns:
         the path of model.onnx.
     """
+    if attention not in ATTENTION_FORMS:
+        raise ValueError(f"attention must be one of {ATTENTION_FORMS}, got {attention!r}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfg.clone()
@@ -109,16 +132,14 @@ def export_onnx(cfg, weights, output_dir, *, classes=None) -> Path:
         dynamic.update(input_ids={0: "tokens"}, token_boxes={0: "tokens"})
     path = output_dir / MODEL_FILE
     logger.info(f"Tracing the model on a {image.shape[1]}x{image.shape[0]} page and exporting it to {path}")
-    with torch.no_grad(), warnings.catch_warnings():
-        # The tracer's notes on Python values taken from shapes (detectron2's asserts and
-        # branches): what the trace keeps is checked against PyTorch by tests/test_export.py.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # The TorchScript exporter (dynamo=False) is deprecated, and says so, in its own
-        # code too; it is the one that traces detectron2's data-dependent steps
-        # (proposals, NMS) as this module needs. Its note on advanced indexing concerns
-        # negative indices, which detectron2's (from nonzero, topk) never are.
-        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
-        warnings.filterwarnings("ignore", module=r"torch\.onnx")
+    transformer = model.backbone.bottom_up.layoutlmv3.config
+    num_heads = transformer.num_attention_heads
+    fused_attention = (
+        sdpa_as_multihead_attention(num_heads, transformer.hidden_size // num_heads, OPSET)
+        if attention == "fused"
+        else contextlib.nullcontext([])
+    )
+    with torch.no_grad(), torchscript_exporter_quiet(), fused_attention as fused:
         torch.onnx.export(
             OnePageDetector(model).eval(),
             args,
@@ -129,6 +150,11 @@ def export_onnx(cfg, weights, output_dir, *, classes=None) -> Path:
             opset_version=OPSET,
             dynamo=False,
         )
+    if attention == "fused":
+        logger.info(f"{len(fused)} attention layers written as ONNX Runtime's MultiHeadAttention")
+        if not fused:
+            # MODEL.VIT.ATTENTION "eager" spells attention out without the op that is fused.
+            attention = "plain"
 
     tokenizer_dir = fingerprint = None
     tokens = {}
@@ -152,6 +178,7 @@ def export_onnx(cfg, weights, output_dir, *, classes=None) -> Path:
         nms_thresh=heads.NMS_THRESH_TEST,
         detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
         opset=OPSET,
+        attention=attention,
         tokens=tokens,
         tokenizer_dir=tokenizer_dir,
         tokenizer_fingerprint=fingerprint,

@@ -3,4 +3,6 @@ device and is tested equal to it. The plain path is the reference; a kernel is c
 where it applies (see each one's `applies`).
 
 - `cpu_gated_fusion`: the `gated` text fusion for float32 on the CPU.
+- `onnxruntime_attention`: attention as ONNX Runtime's fused MultiHeadAttention in an
+  exported graph (CPU and CUDA providers), in place of ONNX's standard ops.
 """

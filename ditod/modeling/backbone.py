@@ -179,7 +179,13 @@ class LayoutLMv3Backbone(Backbone):
         else:
             hidden, mask = visual, ones
         hidden = model.dropout(model.LayerNorm(hidden))
-        attention = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
+        # transformers drops a mask of all ones by looking at its values (then attention
+        # takes its fused kernel), which a trace cannot do: there a single page is taken as
+        # unpadded, as in the exported one-page graph, where the mask would otherwise
+        # travel through every layer.
+        attention = None
+        if batch > 1 or not torch.jit.is_tracing():
+            attention = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
 
         builders = (self.fpn1, self.fpn2, self.fpn3, self.fpn4)
         outputs = {}

@@ -26,6 +26,8 @@ class ExportSpec:
     (`pixel_mean`, `pixel_std`) and pads (`size_divisibility`) itself, and returns
     "boxes" (N, 4) in pixels of that image, "scores" (N) and "classes" (N), the
     detections scoring at least `score_thresh` after NMS, at most `detections_per_image`.
+    `attention` "fused": the graph's attention is ONNX Runtime's MultiHeadAttention
+    (com.microsoft domain), which other runtimes lack; "plain": standard ONNX ops.
     `tokens` holds the `OCRTokenizer` settings (`OCRTokenizer.settings`) of the tokenizer
     saved in `tokenizer_dir`, whose fingerprint is `tokenizer_fingerprint`.
     """
@@ -43,6 +45,7 @@ class ExportSpec:
     nms_thresh: float
     detections_per_image: int
     opset: int
+    attention: str = "plain"
     tokens: dict = field(default_factory=dict)
     tokenizer_dir: str | None = None
     tokenizer_fingerprint: dict | None = None
