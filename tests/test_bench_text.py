@@ -47,6 +47,8 @@ def test_runs_with_more_seeds_and_a_longer_budget():
         ("text_vsr_all", "text_vsr_all", 10, [0, 1, 2]),
         ("image_only_x3", "image_only", 30, [0]),
     ]
+    only_long = bench_text.build_parser().parse_args(["--runs", "--long", "text_gated_all", "--iters", "10"])
+    assert bench_text.planned_runs(only_long) == [("text_gated_all_x3", "text_gated_all", 30, [0])]
 
 
 def test_text_dependent_gap_per_budget_takes_the_best_text_run():

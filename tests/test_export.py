@@ -266,6 +266,22 @@ def test_fused_attention_equals_pytorch_on_the_transformer(tmp_path):
         (got,) = session.run(None, {"hidden": hidden.numpy()})
         np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
 
+    # With a mask, attention keeps PyTorch's standard form.
+    class MaskedAttention(torch.nn.Module):
+        def forward(self, q, k, v, mask):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    q, k, v = torch.randn(3, 1, heads, 9, 8).unbind(0)
+    mask = torch.rand(1, 1, 9, 9) > 0.3
+    mask[..., 0] = True
+    masked = tmp_path / "masked.onnx"
+    with torch.no_grad(), torchscript_exporter_quiet(), sdpa_as_multihead_attention(heads, 8, OPSET) as fused:
+        torch.onnx.export(MaskedAttention(), (q, k, v, mask), str(masked), opset_version=OPSET, dynamo=False)
+    assert fused == []
+    session = onnxruntime.InferenceSession(str(masked), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), (q, k, v, mask))})
+    np.testing.assert_allclose(got, MaskedAttention()(q, k, v, mask).numpy(), atol=1e-5)
+
 
 def test_exported_image_only_model_finds_what_pytorch_finds(image_only_export):
     out, cfg, weights = image_only_export

@@ -23,6 +23,7 @@ several configurations:
   text_m2doc_all      text, M2Doc's early fusion on all four levels
   text_no_fusion      text in the transformer only (MODEL.TEXT_FUSION.MODE none)
 
+`--runs --long RUN...` (no names after --runs) trains only the long runs.
 --seeds are the training seeds of every run (results averaged over them); --more-seeds
 RUN SEED... adds seeds to one run (repeatable). --long RUN... also trains those runs at
 --long-factor times the iterations (the learning-rate schedule stretched with them),
@@ -302,7 +303,13 @@ def markdown(report):
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        choices=list(RUNS),
+        default=list(RUNS),
+        help="runs at --iters (default: all; none with --long: only the long runs, the earlier results kept)",
+    )
     parser.add_argument("--iters", type=int, default=1300)
     parser.add_argument("--train-pages", type=int, default=400)
     parser.add_argument("--val-pages", type=int, default=100)
@@ -324,8 +331,11 @@ def build_parser():
 
 
 def main():
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
     plans = planned_runs(args)
+    if not plans:
+        parser.error("no runs: give --runs RUN... or --long RUN...")
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
