@@ -98,13 +98,13 @@ def crowded_page(tokens_per_line=4, lines=160):
     return image, PageOCR(500, 700, words, np.asarray(boxes))
 
 
-def matched(a, b, top=20):
+def matched(a, b, top=20, score_tol=1e-3):
     """Whether each of the `top` best detections of `a` is in `b`: same class, box within 1
-    pixel, score within 1e-3 (matching by value: equal scores may come in either order)."""
+    pixel, score within `score_tol` (matching by value: equal scores may come in either order)."""
     for det in a.detections[:top]:
         if not any(
             d.label == det.label
-            and abs(d.score - det.score) <= 1e-3
+            and abs(d.score - det.score) <= score_tol
             and np.abs(np.subtract(d.bbox, det.bbox)).max() <= 1
             for d in b.detections
         ):
@@ -228,11 +228,49 @@ class TransformerLayers(torch.nn.Module):
     def __init__(self, layers):
         super().__init__()
         self.layers = layers
+        self.hidden_size = layers[0].output.dense.out_features
 
     def forward(self, hidden):
         for layer in self.layers:
             hidden = layer(hidden, None)
         return hidden
+
+
+def export_transformer_layers(path):
+    """The tiny model's transformer layers (`TransformerLayers`) exported to `path` with fused
+    attention, the number of tokens dynamic: (the layers, the attention layers fused)."""
+    from ditod.engine.export import OPSET, torchscript_exporter_quiet
+    from ditod.layers.onnxruntime_attention import sdpa_as_multihead_attention
+
+    transformer = build_model(tiny_cfg()).backbone.bottom_up.layoutlmv3
+    config = transformer.config
+    layers = TransformerLayers(transformer.encoder.layer).eval()
+    heads = config.num_attention_heads
+    fusing = sdpa_as_multihead_attention(heads, config.hidden_size // heads, OPSET)
+    with torch.no_grad(), torchscript_exporter_quiet(), fusing as fused:
+        torch.onnx.export(
+            layers,
+            (torch.randn(1, 40, layers.hidden_size),),
+            str(path),
+            input_names=["hidden"],
+            dynamic_axes={"hidden": {1: "tokens"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return layers, fused
+
+
+def layers_outputs(layers, path, tokens):
+    """PyTorch's and ONNX Runtime's outputs of `layers` and their export `path` on random
+    hidden states of each number of `tokens`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for count in tokens:
+        hidden = torch.randn(1, count, layers.hidden_size, generator=torch.Generator().manual_seed(count))
+        with torch.no_grad():
+            expected = layers(hidden).numpy()
+        yield expected, session.run(None, {"hidden": hidden.numpy()})[0]
 
 
 def test_fused_attention_equals_pytorch_on_the_transformer(tmp_path):
@@ -241,29 +279,11 @@ def test_fused_attention_equals_pytorch_on_the_transformer(tmp_path):
     from ditod.engine.export import OPSET, torchscript_exporter_quiet
     from ditod.layers.onnxruntime_attention import sdpa_as_multihead_attention
 
-    transformer = build_model(tiny_cfg()).backbone.bottom_up.layoutlmv3
-    config = transformer.config
-    layers = TransformerLayers(transformer.encoder.layer).eval()
-    heads = config.num_attention_heads
     path = tmp_path / "layers.onnx"
-    fusing = sdpa_as_multihead_attention(heads, config.hidden_size // heads, OPSET)
-    with torch.no_grad(), torchscript_exporter_quiet(), fusing as fused:
-        torch.onnx.export(
-            layers,
-            (torch.randn(1, 40, config.hidden_size),),
-            str(path),
-            input_names=["hidden"],
-            dynamic_axes={"hidden": {1: "tokens"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    layers, fused = export_transformer_layers(path)
+    heads = layers.layers[0].attention.self.num_attention_heads
     assert len(fused) == len(layers.layers)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for tokens in (1, 57, 300):
-        hidden = torch.randn(1, tokens, config.hidden_size, generator=torch.Generator().manual_seed(tokens))
-        with torch.no_grad():
-            expected = layers(hidden).numpy()
-        (got,) = session.run(None, {"hidden": hidden.numpy()})
+    for expected, got in layers_outputs(layers, path, (1, 57, 300)):
         np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
 
     # With a mask, attention keeps PyTorch's standard form.
@@ -397,3 +417,45 @@ def test_export_tool_errors(tmp_path):
         load_tool("export").main(
             ["--config-file", TINY_TEXT_CONFIG, "--weights", str(tmp_path / "missing.pth"), "--output", str(tmp_path)]
         )
+
+
+def constant_matmuls(model_dir):
+    """The op types of model_dir/model.onnx's products (linear layers) whose second input is a weight."""
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx")).graph
+    weights = {init.name for init in graph.initializer}
+    return [n.op_type for n in graph.node if n.op_type in ("MatMul", "Gemm", "MatMulInteger") and n.input[1] in weights]
+
+
+def test_int8_export_quantizes_the_linear_layers_and_stays_close(tiny_model, text_export, tmp_path):
+    root, _, _ = tiny_model
+    fused, _, cfg = text_export
+    int8 = tmp_path / "int8"
+    export_onnx(cfg, str(root / "weights.pth"), int8, quantize="int8")
+    assert ExportSpec.load(int8).quantization == "int8" and ExportSpec.load(fused).quantization == "none"
+    linear = constant_matmuls(fused)
+    assert set(linear) == {"MatMul", "Gemm"}  # the transformer's and the box heads' layers
+    assert constant_matmuls(int8) == ["MatMulInteger"] * len(linear)
+    synthetic = (
+        read_rgb_image(root / "val" / "images" / "val_000000.png"),
+        load_ocr(root / "val" / "ocr" / "val_000000.json"),
+    )
+    for page, page_ocr in (synthetic, real_pages(1)[0]):
+        fp32 = OnnxPredictor(fused, input_format="RGB")(page, ocr=page_ocr)
+        quantized = OnnxPredictor(int8, input_format="RGB")(page, ocr=page_ocr)
+        assert fp32.detections and matched(quantized, fp32, score_tol=1e-2) and matched(fp32, quantized, score_tol=1e-2)
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        export_onnx(cfg, str(root / "weights.pth"), tmp_path / "bad", quantize="int4")
+
+
+def test_int8_transformer_layers_stay_within_int8_rounding(tmp_path):
+    from ditod.layers.onnxruntime_quantization import quantize_linear_layers
+
+    path = tmp_path / "layers.onnx"
+    layers, _ = export_transformer_layers(path)
+    # Query, key, value, attention output, intermediate and output: six per layer.
+    assert quantize_linear_layers(path) == 6 * len(layers.layers)
+    for expected, got in layers_outputs(layers, path, (1, 57, 300)):
+        error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+        assert 1e-5 < error < 0.01  # quantized (not the float products), within int8 rounding

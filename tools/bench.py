@@ -674,7 +674,8 @@ def infer_cfg(name, tokenizer, device):
 
 def infer_predictors(args, tokenizer, ocr_engine, scratch):
     """(model, backend) -> a predictor of the model with random weights, built for each
-    backend from the same weights file."""
+    backend from the same weights file: PyTorch, ONNX Runtime, ONNX Runtime on the export
+    with int8 linear layers (`export_onnx(quantize="int8")`)."""
     from detectron2.modeling import build_model
     from detectron2.utils.env import seed_all_rng
 
@@ -692,11 +693,10 @@ def infer_predictors(args, tokenizer, ocr_engine, scratch):
         predictors[name, "pytorch"] = VLPredictor(
             cfg, str(weights), input_format="RGB", classes=classes, ocr_engine=ocr_engine, dpi=PDF_DPI
         )
-        exported = Path(scratch) / f"{name}_onnx"
-        export_onnx(cfg, str(weights), exported, classes=classes)
-        predictors[name, "onnxruntime"] = OnnxPredictor(
-            exported, input_format="RGB", ocr_engine=ocr_engine, dpi=PDF_DPI
-        )
+        for backend, quantize in (("onnxruntime", "none"), ("onnxruntime_int8", "int8")):
+            exported = Path(scratch) / f"{name}_{backend}"
+            export_onnx(cfg, str(weights), exported, classes=classes, quantize=quantize)
+            predictors[name, backend] = OnnxPredictor(exported, input_format="RGB", ocr_engine=ocr_engine, dpi=PDF_DPI)
     return predictors
 
 
@@ -839,24 +839,32 @@ def bench_infer(args):
                 "stage_share": shares,
                 "outside_model": 1.0 - shares.get("model", 0.0),
             }
-    results["onnxruntime_over_pytorch"] = {
-        f"{kind}_{model}_b{batch}": statistics.median(
-            torch_wall / onnx_wall
-            for torch_wall, onnx_wall in zip(
-                walls[kind][f"{model}_pytorch_b{batch}"], walls[kind][f"{model}_onnxruntime_b{batch}"]
+    for key, slow, fast in (
+        ("onnxruntime_over_pytorch", "pytorch", "onnxruntime"),
+        ("int8_over_float", "onnxruntime", "onnxruntime_int8"),
+    ):
+        results[key] = {
+            f"{kind}_{model}_b{batch}": statistics.median(
+                slow_wall / fast_wall
+                for slow_wall, fast_wall in zip(
+                    walls[kind][f"{model}_{slow}_b{batch}"], walls[kind][f"{model}_{fast}_b{batch}"]
+                )
             )
-        )
-        for kind in kinds
-        for model in INFER_MODELS
-        for batch in INFER_BATCHES[kind]
-    }
-    results["backend_difference"] = {
-        f"{kind}_{model}": detection_difference(
-            first_round[kind][f"{model}_pytorch_b1"], first_round[kind][f"{model}_onnxruntime_b1"]
-        )
-        for kind in kinds
-        for model in INFER_MODELS
-    }
+            for kind in kinds
+            for model in INFER_MODELS
+            for batch in INFER_BATCHES[kind]
+        }
+    for key, first, second in (
+        ("backend_difference", "pytorch", "onnxruntime"),
+        ("int8_difference", "onnxruntime", "onnxruntime_int8"),
+    ):
+        results[key] = {
+            f"{kind}_{model}": detection_difference(
+                first_round[kind][f"{model}_{first}_b1"], first_round[kind][f"{model}_{second}_b1"]
+            )
+            for kind in kinds
+            for model in INFER_MODELS
+        }
     results["seconds"] = time.perf_counter() - started
     log(f"infer: onnxruntime over pytorch {results['onnxruntime_over_pytorch']}")
     return results
@@ -884,6 +892,23 @@ def environment(device):
     return env
 
 
+def cpu_model():
+    """The processor's name (speeds and the kernels chosen differ from one CPU to another)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measured(section):
+    """When a section was measured and, where it was recorded, on which CPU."""
+    return f"measured {section['date']}" + (f" on {section['cpu']}" if "cpu" in section else "")
+
+
 def fmt(value, digits=3):
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -901,7 +926,7 @@ def infer_markdown(i, device):
         f"### Inference ({i['pages']} PubLayNet pages; {i['note']})",
         "",
         f"Command: `python tools/bench.py --sections infer --device {device} --repeats {rounds}` "
-        f"(measured {i['date']}, {i['seconds'] / 60:.0f} minutes)",
+        f"({measured(i)}, {i['seconds'] / 60:.0f} minutes)",
         "",
     ]
     for kind, (title, how) in INFER_KIND_TITLES.items():
@@ -919,17 +944,34 @@ def infer_markdown(i, device):
                 f"| {100 * r['outside_model']:.1f}% | {shares} |"
             )
         lines.append("")
-    ratios = ", ".join(f"{k} {fmt(v, 2)}x" for k, v in i["onnxruntime_over_pytorch"].items())
-    differences = "; ".join(
-        f"{k}: boxes {fmt(d['max_box_px'], 4)} px, scores {d['max_score']:.2g} ({d['matched']} matched, "
-        f"{d['unmatched']} unmatched)"
-        for k, d in i["backend_difference"].items()
-    )
+
+    def ratios(key):
+        return ", ".join(f"{k} {fmt(v, 2)}x" for k, v in i[key].items())
+
+    def differences(key):
+        return "; ".join(
+            f"{k}: boxes {fmt(d['max_box_px'], 4)} px, scores {d['max_score']:.2g} ({d['matched']} matched, "
+            f"{d['unmatched']} unmatched)"
+            for k, d in i[key].items()
+        )
+
     lines += [
-        f"ONNX Runtime over PyTorch pages/s, the median of the rounds' ratios: {ratios}.",
+        f"ONNX Runtime over PyTorch pages/s, the median of the rounds' ratios: {ratios('onnxruntime_over_pytorch')}.",
         "",
-        f"Largest differences between the two backends' detections, batch 1, first round: {differences}.",
+        f"Largest differences between the two backends' detections, batch 1, first round: "
+        f"{differences('backend_difference')}.",
         "",
+    ]
+    if "int8_over_float" in i:
+        lines += [
+            "onnxruntime_int8: the export with int8 linear layers (`tools/export.py --quantize int8`), whose "
+            "outputs are close to the float model's, not equal. Its pages/s over the float export's, the median "
+            f"of the rounds' ratios: {ratios('int8_over_float')}. Largest differences from the float export's "
+            f"detections (random weights: scores near 1/11 for every class), batch 1, first round: "
+            f"{differences('int8_difference')}.",
+            "",
+        ]
+    lines += [
         "Each round runs every variant over the pages in turn, the order rotating from round to round. "
         "Stages: load (reading the image file, or rendering the PDF page and reading its text layer), ocr, "
         "preprocess (resize, tokens), model (a batch's time shared out over its pages), postprocess (the rest: "
@@ -960,7 +1002,7 @@ def markdown(report):
             lines += [
                 f"### Painting ({p['shape']}), forward + backward",
                 "",
-                f"Command: `python tools/bench.py --sections paint --device {device}` (measured {p['date']})",
+                f"Command: `python tools/bench.py --sections paint --device {device}` ({measured(p)})",
                 "",
                 "| stride | reference (s) | CPU kernel (s) | per-token loop (s) | loop / reference |",
                 "|---|---|---|---|---|",
@@ -984,7 +1026,7 @@ def markdown(report):
             lines += [
                 f"### Training step ({s['shape']})",
                 "",
-                f"Command: `python tools/bench.py --sections step --device {device}` (measured {s['date']})",
+                f"Command: `python tools/bench.py --sections step --device {device}` ({measured(s)})",
                 "",
                 "| configuration | step (s) | peak memory (MB) | measured |",
                 "|---|---|---|---|",
@@ -1017,7 +1059,7 @@ def markdown(report):
             lines += [
                 f"### Data mapper ({d['pages']} PubLayNet pages, {d['augmentation']})",
                 "",
-                f"Command: `python tools/bench.py --sections data --device {device}` (measured {d['date']})",
+                f"Command: `python tools/bench.py --sections data --device {device}` ({measured(d)})",
                 "",
                 "| text (pages/s) | image-only (pages/s) | ratio |",
                 "|---|---|---|",
@@ -1031,7 +1073,7 @@ def markdown(report):
             lines += [
                 f"### OCR (rapidocr, {o['pages']} PubLayNet pages)",
                 "",
-                f"Command: `python tools/bench.py --sections ocr --device {device} --repeats {rounds}` (measured {o['date']})",
+                f"Command: `python tools/bench.py --sections ocr --device {device} --repeats {rounds}` ({measured(o)})",
                 "",
                 "| settings | pages/s | rounds (pages/s) | time per stage |",
                 "|---|---|---|---|",
@@ -1111,7 +1153,7 @@ def main():
     start = time.perf_counter()
     for name in args.sections:
         log(f"section {name}")
-        results = {**SECTIONS[name](args), "date": time.strftime("%Y-%m-%d")}
+        results = {**SECTIONS[name](args), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_model()}
         if name == "step" and args.steps is not None and "step" in entry["sections"]:
             results = merge_steps(entry["sections"]["step"], results)
         entry["sections"][name] = results

@@ -106,7 +106,10 @@ class OnnxPredictor(PagePredictor):
         available = onnxruntime.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = onnxruntime.InferenceSession(str(self.model_dir / MODEL_FILE), options, providers=providers)
-        logger.info(f"Loaded {self.model_dir / MODEL_FILE} on {self.session.get_providers()[0]}")
+        logger.info(
+            f"Loaded {self.model_dir / MODEL_FILE} ({spec.attention} attention, quantization {spec.quantization}) "
+            f"on {self.session.get_providers()[0]}"
+        )
 
     def prepare(self, image: np.ndarray, ocr: PageOCR | None) -> dict:
         """The graph's inputs of one page (resized as `VLDatasetMapper.map_image` resizes it,

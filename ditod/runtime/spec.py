@@ -28,6 +28,8 @@ class ExportSpec:
     detections scoring at least `score_thresh` after NMS, at most `detections_per_image`.
     `attention` "fused": the graph's attention is ONNX Runtime's MultiHeadAttention
     (com.microsoft domain), which other runtimes lack; "plain": standard ONNX ops.
+    `quantization` "int8": the linear layers are ONNX Runtime's dynamically quantized
+    int8 products (`ditod.layers.onnxruntime_quantization`); "none": float32.
     `tokens` holds the `OCRTokenizer` settings (`OCRTokenizer.settings`) of the tokenizer
     saved in `tokenizer_dir`, whose fingerprint is `tokenizer_fingerprint`.
     """
@@ -46,6 +48,7 @@ class ExportSpec:
     detections_per_image: int
     opset: int
     attention: str = "plain"
+    quantization: str = "none"
     tokens: dict = field(default_factory=dict)
     tokenizer_dir: str | None = None
     tokenizer_fingerprint: dict | None = None
