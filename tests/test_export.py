@@ -330,6 +330,18 @@ def test_a_higher_score_threshold_and_bad_folders(text_export, tmp_path):
     (tmp_path / "ditod_export.json").write_text('{"format_version": 0}')
     with pytest.raises(ValueError, match="format_version 0, this ditod reads 1"):
         OnnxPredictor(tmp_path)
+    # A folder exported before the attention form and the quantization were recorded: what
+    # it holds (standard attention, float32); a key of format 1 itself is still required.
+    data = json.loads((out / "ditod_export.json").read_text())
+    older = {k: v for k, v in data.items() if k not in ("attention", "quantization")}
+    (tmp_path / "tokenizer").mkdir()
+    (tmp_path / "ditod_export.json").write_text(json.dumps(older))
+    spec = ExportSpec.load(tmp_path)
+    assert (spec.attention, spec.quantization, spec.class_names) == ("plain", "none", data["class_names"])
+    del older["score_thresh"]
+    (tmp_path / "ditod_export.json").write_text(json.dumps(older))
+    with pytest.raises(ValueError, match=r"missing keys \['score_thresh'\]"):
+        ExportSpec.load(tmp_path)
 
 
 def test_pdf_pages_and_pil_images(text_export, two_page_pdf):

@@ -967,8 +967,9 @@ def infer_markdown(i, device):
             "onnxruntime_int8: the export with int8 linear layers (`tools/export.py --quantize int8`), whose "
             "outputs are close to the float model's, not equal. Its pages/s over the float export's, the median "
             f"of the rounds' ratios: {ratios('int8_over_float')}. Largest differences from the float export's "
-            f"detections (random weights: scores near 1/11 for every class), batch 1, first round: "
-            f"{differences('int8_difference')}.",
+            "detections, batch 1, first round (random weights score every class near 1/11, so int8 rounding "
+            "changes which of the near-equal boxes are kept: no measure of accuracy, which needs a trained "
+            f"model's AP): {differences('int8_difference')}.",
             "",
         ]
     lines += [

@@ -72,7 +72,7 @@ def main(argv=None):
         path = export_onnx(
             cfg, args.weights, args.output, classes=args.classes, attention=args.attention, quantize=args.quantize
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"export.py: error: {e}") from None
     files = sorted(p.name + ("/" if p.is_dir() else "") for p in path.parent.iterdir())
     print(

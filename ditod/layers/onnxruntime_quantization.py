@@ -3,14 +3,14 @@ An exported graph's linear layers as ONNX Runtime's int8 products, for CPU infer
 
     quantize_linear_layers("exported/model.onnx")
 
-Dynamic quantization: each MatMul whose weights are constant keeps them as int8 (one
-scale per matrix) and quantizes its input to uint8 on every call, from that input's own
-range, so that nothing is calibrated. ONNX Runtime runs these products in its int8
-kernels, faster than fp32 where the CPU has int8 dot products (AVX-512 VNNI, AVX-VNNI);
-the transformer's linear layers are most of the base model's time. The outputs change (rounding of
-weights and activations): check the quantized model's AP on your own validation pages
-(`tools/infer.py --onnx` writes COCO results). On CPUs with AVX2 only, the uint8 x int8
-products can saturate; the fp32 export stays the reference.
+Dynamic quantization: each MatMul whose weights are constant keeps them as int8 (7 bits
+used, one scale per matrix) and quantizes its input to uint8 on every call, from that
+input's own range, so that nothing is calibrated. ONNX Runtime runs these products in
+its int8 kernels, faster than fp32 where the CPU has int8 dot products (AVX-512 VNNI,
+AVX-VNNI); the transformer's linear layers are most of the base model's time. The
+outputs change (rounding of weights and activations): check the quantized model's AP on
+your own validation pages (`tools/infer.py --onnx` writes COCO results); the fp32 export
+stays the reference.
 """
 
 import logging
@@ -33,8 +33,11 @@ def quantize_linear_layers(path) -> int:
     Returns:
         the number of products quantized (0 leaves the file as it was).
     """
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    try:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:
+        raise ImportError(f"int8 quantization needs onnx and onnxruntime (pip install 'ditod[export]'): {e}") from e
 
     path = Path(path)
     handle, scratch = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
@@ -45,6 +48,9 @@ def quantize_linear_layers(path) -> int:
             scratch,
             op_types_to_quantize=["MatMul"],
             weight_type=QuantType.QInt8,
+            # 7-bit weights: without VNNI, x86 sums pairs of uint8 x int8 products in
+            # 16 bits, which 8-bit weights can overflow; the file may run on any CPU.
+            reduce_range=True,
             # Attention's products (query x key, weights x value) have no constant side.
             # ONNX Runtime's own ops (MultiHeadAttention) escape ONNX's shape inference:
             # their outputs are float.

@@ -3,7 +3,7 @@
 predictor. Plain JSON, no detectron2."""
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 __all__ = ["EXPORT_JSON", "MODEL_FILE", "TOKENIZER_DIR", "ExportSpec"]
@@ -84,7 +84,10 @@ class ExportSpec:
                 "export the model again"
             )
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(data) - {"tokens", "tokenizer_dir", "tokenizer_fingerprint"})
+        # Keys added after format 1 came out have defaults that describe the files written
+        # before them (attention "plain", quantization "none").
+        optional = {f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+        missing = sorted(names - set(data) - optional)
         if missing or set(data) - names:
             raise ValueError(f"{path}: missing keys {missing}, unknown keys {sorted(set(data) - names)}")
         spec = cls(**data)
