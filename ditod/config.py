@@ -273,7 +273,9 @@ def add_vit_config(cfg):
     # it) and stops evaluation and inference, unless this is True (then it warns too).
     _C.MODEL.VIT.ALLOW_OTHER_TOKENIZER = False
     # Read from unilm's configs and ignored (IGNORED_KEYS).
-    _C.MODEL.VIT.MODEL_KWARGS = "{}"
+    # Empty, not "{}": yacs reads a string that looks like a literal back as that
+    # literal, so a dumped config (OUTPUT_DIR/config.yaml) would not load again.
+    _C.MODEL.VIT.MODEL_KWARGS = ""
     _C.MODEL.CONFIG_PATH = ""
 
     # Run the transformer on page pixels only: no OCR tokens, no text fusion.

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+import yaml
 from transformers import AutoTokenizer, LayoutLMv3Config
 
 from detectron2.config import get_cfg
@@ -24,6 +25,16 @@ def test_file_and_overrides_are_merged():
     cfg = load_config(TINY_TEXT_CONFIG, ["SOLVER.MAX_ITER", "7", "MODEL.VIT.ATTENTION", "eager"])
     assert cfg.SOLVER.MAX_ITER == 7 and cfg.MODEL.VIT.ATTENTION == "eager"
     assert cfg.MODEL.META_ARCHITECTURE == "VLGeneralizedRCNN"  # from the file
+
+
+def test_a_dumped_config_loads_again(tmp_path):
+    # detectron2 dumps the full config as OUTPUT_DIR/config.yaml, and tools/export.py
+    # beside the exported model: both are configs a user runs again (--config-file).
+    cfg = load_config(TINY_TEXT_CONFIG, ["SOLVER.MAX_ITER", "7"])
+    dumped = tmp_path / "config.yaml"
+    dumped.write_text(cfg.dump())
+    # Compared as plain values: nested tuples (the cascade's weights) come back as lists.
+    assert yaml.safe_load(load_config(str(dumped)).dump()) == yaml.safe_load(cfg.dump())
 
 
 @pytest.mark.parametrize(

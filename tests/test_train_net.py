@@ -156,6 +156,43 @@ def test_eval_only_writes_coco_results_and_metrics(data, trained):
     assert not list(output.glob("model_*.pth"))
 
 
+@pytest.mark.slow
+def test_eval_only_evaluates_an_exported_model_as_it_evaluates_pytorch(data, trained):
+    pytest.importorskip("onnx")
+    from ditod import load_config
+    from ditod.engine.export import export_onnx
+
+    root, datasets, opts = data
+    output, _ = trained
+    exported = root / "exported"
+    export_onnx(load_config(TINY_TEXT_CONFIG, list(map(str, opts))), str(output / "model_final.pth"), exported)
+    evaluated = root / "evaluated_onnx"
+    # The test loader from the export's own config.yaml; the datasets registered here.
+    check(run_train_net("--eval-only", "--onnx", exported, *datasets, "OUTPUT_DIR", evaluated, cwd=root))
+    # The training's last evaluation was of model_final's weights, in PyTorch.
+    folders = [folder / "inference" / "pages_val" for folder in (output, evaluated)]
+    torch_metrics, onnx_metrics = (json.loads((f / "metrics.json").read_text()) for f in folders)
+    for key in ("AP", "AP50", "AP75"):
+        assert onnx_metrics[key] == pytest.approx(torch_metrics[key], abs=1e-3), key
+    torch_found, onnx_found = (json.loads((f / "coco_instances_results.json").read_text()) for f in folders)
+    assert torch_found and abs(len(onnx_found) - len(torch_found)) <= 1  # a score at the threshold
+    for found in onnx_found[:50]:
+        assert any(
+            d["image_id"] == found["image_id"]
+            and d["category_id"] == found["category_id"]
+            and abs(d["score"] - found["score"]) <= 1e-3
+            and max(abs(a - b) for a, b in zip(d["bbox"], found["bbox"])) <= 1
+            for d in torch_found
+        )
+
+    train_net = load_tool()
+    args = ["--eval-only", "--onnx", str(exported), *datasets]
+    with pytest.raises(ValueError, match="min_size_test 192, the config's test loader 256"):
+        train_net.setup(train_net.parse_args([*args, "INPUT.MIN_SIZE_TEST", "256"]))
+    with pytest.raises(ValueError, match="--onnx evaluates an exported model: add --eval-only"):
+        train_net.setup(train_net.parse_args(args[1:]))
+
+
 def load_tool():
     spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
     module = importlib.util.module_from_spec(spec)

@@ -14,7 +14,7 @@ constants, the score threshold), config.yaml and, for a model that reads text,
 tokenizer/. Attention is ONNX Runtime's fused op unless --attention plain asks for
 standard ONNX ops (for runtimes other than ONNX Runtime); --quantize int8 stores the
 linear layers as int8 products for CPUs (outputs close to the float model's: check the
-quantized model's AP on your validation pages with tools/infer.py --onnx). The graph
+quantized model's AP with tools/train_net.py --eval-only --onnx DIR). The graph
 keeps the detections scoring above MODEL.ROI_HEADS.SCORE_THRESH_TEST (detectron2's
 default 0.05 unless the config sets it): a predictor can raise it, not lower it.
 """

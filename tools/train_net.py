@@ -5,6 +5,7 @@ Train or evaluate a ditod layout detector: detectron2's train_net.py for ditod.
     python tools/train_net.py --config-file configs/publaynet/cascade_layoutlmv3_text.yaml --num-gpus 4
     python tools/train_net.py --config-file ... --resume                 # continue from last_checkpoint
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --eval-only --onnx exported/ [--config-file ...]  # tools/export.py's folder
     python tools/train_net.py --config-file ... \\
         --dataset mydocs_train=train.json:train/images:train/ocr --dataset mydocs_val=val.json:val/images \\
         DATASETS.TRAIN '("mydocs_train",)' DATASETS.TEST '("mydocs_val",)' MODEL.ROI_HEADS.NUM_CLASSES 5
@@ -16,7 +17,9 @@ metrics.json (COCO bbox AP, AP50, AP75, APs/m/l, per-class AP; and mask AP under
 with MODEL.MASK_ON). MODEL.WEIGHTS may also be Hugging Face LayoutLMv3 weights
 (pytorch_model.bin, model.safetensors or their directory): they go into the transformer,
 as in the original LayoutLMv3 recipe's command. `--num-gpus N` without
-GPUs runs N processes on the CPU (GLOO).
+GPUs runs N processes on the CPU (GLOO). `--eval-only --onnx DIR` evaluates an exported
+model with ONNX Runtime instead (an int8 export's AP against the float one's), its test
+loader built from DIR/config.yaml unless --config-file is given.
 """
 
 import argparse
@@ -33,6 +36,7 @@ from detectron2.utils.logger import setup_logger
 from ditod import load_config
 from ditod.data import check_datasets, register_from_config, register_vl_coco
 from ditod.engine import VLDetectionCheckpointer, VLTrainer, WeightsError, check_solver, configure_cpu_memory
+from ditod.engine.onnx_model import OnnxRuntimeModel, check_test_loader
 
 
 def dataset_spec(text):
@@ -47,6 +51,8 @@ def dataset_spec(text):
 def setup(args, check=True):
     """The frozen config of `args`, with its datasets registered and, with `check`, the
     config and datasets checked (`check_solver`, `check_datasets`: this reads the datasets)."""
+    if args.onnx and not args.config_file:
+        args.config_file = os.path.join(args.onnx, "config.yaml")
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     register_from_config(cfg)
@@ -54,8 +60,12 @@ def setup(args, check=True):
         register_vl_coco(*spec)
     if not check:
         return cfg
-    if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
+    if args.onnx and not args.eval_only:
+        raise ValueError("--onnx evaluates an exported model: add --eval-only")
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume and not args.onnx:
         raise ValueError("--eval-only evaluates MODEL.WEIGHTS: add MODEL.WEIGHTS path/to/model.pth")
+    if args.onnx:
+        check_test_loader(args.onnx, cfg)
     if not args.eval_only:
         check_solver(cfg, max(args.num_gpus, 1) * args.num_machines)
     check_datasets(cfg, ("TEST",) if args.eval_only else ("TRAIN", "TEST"))
@@ -83,7 +93,9 @@ def main(args):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ditod")
     share_cpu_cores(cfg)
     configure_cpu_memory(cfg)
-    if args.eval_only:
+    if args.onnx:
+        results = VLTrainer.test(cfg, OnnxRuntimeModel(args.onnx, cfg))
+    elif args.eval_only:
         model = VLTrainer.build_model(cfg)
         VLDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = VLTrainer.test(cfg, model)
@@ -107,6 +119,11 @@ def parse_args(argv=None):
         default=[],
         metavar="NAME=JSON:IMAGE_ROOT[:OCR_ROOT]",
         help="register a COCO dataset whose OCR jsons are under OCR_ROOT (default IMAGE_ROOT/../ocr); repeatable",
+    )
+    parser.add_argument(
+        "--onnx",
+        metavar="DIR",
+        help="with --eval-only: evaluate the model exported to DIR (tools/export.py) with ONNX Runtime",
     )
     return parser.parse_args(argv)
 

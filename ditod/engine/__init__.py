@@ -20,6 +20,7 @@ _EXPORTS = {
     "cpu_memory": ["configure_cpu_memory", "keep_freed_cpu_memory"],
     "evaluation": ["VLCOCOEvaluator", "write_metrics"],
     "export": ["export_onnx"],
+    "onnx_model": ["OnnxRuntimeModel"],
     "optimizer": ["build_optimizer", "layoutlmv3_param_groups", "transformer_lr_factor"],
     "prediction": ["PagePrediction", "PagePredictor"],
     "predictor": ["VLPredictor", "model_classes"],

@@ -9,7 +9,7 @@ input's own range, so that nothing is calibrated. ONNX Runtime runs these produc
 its int8 kernels, faster than fp32 where the CPU has int8 dot products (AVX-512 VNNI,
 AVX-VNNI); the transformer's linear layers are most of the base model's time. The
 outputs change (rounding of weights and activations): check the quantized model's AP on
-your own validation pages (`tools/infer.py --onnx` writes COCO results); the fp32 export
+your own validation pages (`tools/train_net.py --eval-only --onnx DIR`); the fp32 export
 stays the reference.
 """
 
