@@ -36,7 +36,7 @@ from ..data.mapper import VLDatasetMapper
 from ..data.ocr import PageOCR
 from ..layers.onnxruntime_attention import sdpa_as_multihead_attention
 from ..layers.onnxruntime_quantization import QUANTIZATION_FORMS, quantize_linear_layers
-from ..runtime.spec import MODEL_FILE, TOKENIZER_DIR, ExportSpec
+from ..runtime.spec import MODEL_FILE, OUTPUTS, TOKENIZER_DIR, ExportSpec
 from .checkpoint import VLDetectionCheckpointer
 from .predictor import model_classes
 
@@ -45,7 +45,6 @@ __all__ = ["ATTENTION_FORMS", "OPSET", "QUANTIZATION_FORMS", "OnePageDetector", 
 logger = logging.getLogger(__name__)
 
 OPSET = 17
-OUTPUTS = ["boxes", "scores", "classes"]
 ATTENTION_FORMS = ("fused", "plain")
 
 

@@ -15,11 +15,10 @@ from detectron2.structures import Boxes, Instances
 
 from ..data.mapper import VLDatasetMapper
 from ..layoutlmv3 import tokenizer_fingerprint
-from ..runtime.spec import EXPORT_JSON, MODEL_FILE, ExportSpec
+from ..runtime.predictor import inference_session
+from ..runtime.spec import EXPORT_JSON, MODEL_FILE, OUTPUTS, ExportSpec
 
 __all__ = ["OnnxRuntimeModel", "check_test_loader"]
-
-OUTPUTS = ["boxes", "scores", "classes"]
 
 
 def check_test_loader(model_dir, cfg) -> ExportSpec:
@@ -64,12 +63,8 @@ class OnnxRuntimeModel(nn.Module):
 
     def __init__(self, model_dir, cfg):
         super().__init__()
-        import onnxruntime
-
         self.spec = check_test_loader(model_dir, cfg)
-        available = onnxruntime.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = onnxruntime.InferenceSession(str(Path(model_dir) / MODEL_FILE), providers=providers)
+        self.session = inference_session(Path(model_dir) / MODEL_FILE)
         self.eval()
 
     def forward(self, batched_inputs):

@@ -17,13 +17,11 @@ from ..data.tokens import OCRTokenizer
 from ..engine.prediction import PagePredictor
 from ..layoutlmv3 import load_tokenizer, tokenizer_fingerprint
 from .resize import ShortestEdgeResize
-from .spec import MODEL_FILE, ExportSpec
+from .spec import MODEL_FILE, OUTPUTS, ExportSpec
 
-__all__ = ["OnnxPredictor", "to_page_pixels"]
+__all__ = ["OnnxPredictor", "inference_session", "to_page_pixels"]
 
 logger = logging.getLogger(__name__)
-
-OUTPUTS = ["boxes", "scores", "classes"]
 
 
 def to_page_pixels(boxes, scores, classes, image_size, page_size) -> dict[str, np.ndarray]:
@@ -38,6 +36,19 @@ def to_page_pixels(boxes, scores, classes, image_size, page_size) -> dict[str, n
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, page_height)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return {"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep]}
+
+
+def inference_session(path, threads: int | None = None):
+    """An ONNX Runtime session of the file `path` on CUDA when the onnxruntime-gpu package
+    provides it, else on the CPU with `threads` intra-op threads (None: one per core)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    available = onnxruntime.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
 
 class OnnxPredictor(PagePredictor):
@@ -76,8 +87,6 @@ class OnnxPredictor(PagePredictor):
         score_thresh: float | None = None,
     ):
         super().__init__(input_format=input_format, ocr_engine=ocr_engine, dpi=dpi)
-        import onnxruntime
-
         self.model_dir = Path(model_dir)
         self.spec = spec = ExportSpec.load(self.model_dir)
         if classes is not None and len(classes) != len(spec.class_names):
@@ -100,12 +109,7 @@ class OnnxPredictor(PagePredictor):
             if spec.tokenizer_fingerprint and found != spec.tokenizer_fingerprint["vocab_sha256"]:
                 raise ValueError(f"{tokenizer_dir}: not the tokenizer the model was exported with (another vocabulary)")
             self.ocr_tokenizer = OCRTokenizer(tokenizer, **spec.tokens)
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        available = onnxruntime.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = onnxruntime.InferenceSession(str(self.model_dir / MODEL_FILE), options, providers=providers)
+        self.session = inference_session(self.model_dir / MODEL_FILE, threads)
         logger.info(
             f"Loaded {self.model_dir / MODEL_FILE} ({spec.attention} attention, quantization {spec.quantization}) "
             f"on {self.session.get_providers()[0]}"

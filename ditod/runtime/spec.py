@@ -6,9 +6,11 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["EXPORT_JSON", "MODEL_FILE", "TOKENIZER_DIR", "ExportSpec"]
+__all__ = ["EXPORT_JSON", "MODEL_FILE", "OUTPUTS", "TOKENIZER_DIR", "ExportSpec"]
 
 MODEL_FILE = "model.onnx"
+# The graph's outputs, in this order (see ExportSpec).
+OUTPUTS = ["boxes", "scores", "classes"]
 EXPORT_JSON = "ditod_export.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT_VERSION = 1
