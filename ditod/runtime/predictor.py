@@ -105,8 +105,7 @@ class OnnxPredictor(PagePredictor):
         if spec.reads_text:
             tokenizer_dir = self.model_dir / spec.tokenizer_dir
             tokenizer = load_tokenizer(str(tokenizer_dir))
-            found = tokenizer_fingerprint(tokenizer)["vocab_sha256"]
-            if spec.tokenizer_fingerprint and found != spec.tokenizer_fingerprint["vocab_sha256"]:
+            if not spec.has_vocabulary_of(tokenizer_fingerprint(tokenizer)):
                 raise ValueError(f"{tokenizer_dir}: not the tokenizer the model was exported with (another vocabulary)")
             self.ocr_tokenizer = OCRTokenizer(tokenizer, **spec.tokens)
         self.session = inference_session(self.model_dir / MODEL_FILE, threads)

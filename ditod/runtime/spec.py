@@ -56,6 +56,13 @@ class ExportSpec:
     tokenizer_fingerprint: dict | None = None
     format_version: int = FORMAT_VERSION
 
+    def has_vocabulary_of(self, fingerprint: dict) -> bool:
+        """Whether a tokenizer of `fingerprint` (`ditod.layoutlmv3.tokenizer_fingerprint`)
+        has the exported model's vocabulary (True when the export recorded none)."""
+        return (
+            not self.tokenizer_fingerprint or fingerprint["vocab_sha256"] == self.tokenizer_fingerprint["vocab_sha256"]
+        )
+
     def save(self, directory) -> Path:
         path = Path(directory) / EXPORT_JSON
         path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
