@@ -253,15 +253,66 @@ def test_rapidocr_reads_lines_where_they_are_drawn(rapidocr):
 
 
 def test_rapidocr_presets_read_the_same_short_and_long_lines(rapidocr):
-    # "fast" leaves lines shorter than 320 px (at 48 px high) unpadded; "full" pads them.
+    # "small" leaves lines shorter than 320 px (at 48 px high) unpadded; "full" pads them;
+    # "fast" (the default) reads them with the tiny model first.
     image = np.full((200, 420, 3), 255, np.uint8)
     for y, text in ((50, "METHODS"), (110, "Results of the layout model"), (170, "42")):
         cv2.putText(image, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 0, 0), 2)
-    fast, full = rapidocr(image), build_ocr_engine("rapidocr", preset="full")(image)
-    assert fast.words == full.words == ["METHODS", "Results of the layout model", "42"]
-    np.testing.assert_allclose(fast.boxes, full.boxes)
+    pages = [rapidocr(image)] + [build_ocr_engine("rapidocr", preset=p)(image) for p in ("small", "full")]
+    for page in pages:
+        assert page.words == ["METHODS", "Results of the layout model", "42"]
+        np.testing.assert_allclose(page.boxes, pages[0].boxes)
     with pytest.raises(ValueError, match="unknown rapidocr preset 'turbo'"):
         build_ocr_engine("rapidocr", preset="turbo")
+    with pytest.raises(ValueError, match=r"unknown Cascade settings \['threshold'\]"):
+        build_ocr_engine("rapidocr", params={"Cascade.threshold": 0.5})
+
+
+def publaynet_rgb(name):
+    return cv2.cvtColor(cv2.imread(str(PUBLAYNET / name)), cv2.COLOR_BGR2RGB)
+
+
+def test_cascade_keeps_confident_fast_readings_and_rereads_the_rest(rapidocr):
+    from rapidocr.ch_ppocr_rec import TextRecInput
+
+    # The lines of a real page (a figure with rotated labels: some read badly), cut out
+    # along the boxes OCR found.
+    image = publaynet_rgb("PMC3777717_00006.jpg")
+    crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in np.round(rapidocr(image).boxes_xyxy()).astype(int)]
+    cascade = rapidocr.cascade
+    fast = cascade.fast(TextRecInput(img=crops))
+    doubtful = [i for i, score in enumerate(fast.scores) if score < cascade.reread_below]
+    assert 0 < len(doubtful) < len(crops) / 2
+    accurate = cascade.accurate(TextRecInput(img=[crops[i] for i in doubtful]))
+    # The rereading changes words: the tiny model misread some doubtful lines.
+    assert sum(fast.txts[i] != text for i, text in zip(doubtful, accurate.txts)) >= len(doubtful) / 4
+
+    lines, reread = cascade.lines, cascade.reread_lines
+    merged = cascade(TextRecInput(img=crops))
+    expected = list(fast.txts)
+    for i, text in zip(doubtful, accurate.txts):
+        expected[i] = text
+    assert list(merged.txts) == expected
+    assert (cascade.lines - lines, cascade.reread_lines - reread) == (len(crops), len(doubtful))
+
+
+@pytest.mark.slow
+def test_fast_preset_agrees_with_full_and_reduces_to_its_two_models():
+    image = publaynet_rgb("PMC5491943_00004.jpg")
+    full, small = (
+        build_ocr_engine("rapidocr", preset="full")(image),
+        build_ocr_engine("rapidocr", preset="small")(image),
+    )
+    fast = build_ocr_engine("rapidocr")
+    page = fast(image)
+    assert word_agreement([full], [page]).f1 >= 0.97
+    assert 0 < fast.cascade.reread_lines < fast.cascade.lines / 2
+    # Rereading every line gives the small model's page; rereading none, the tiny model's.
+    every = build_ocr_engine("rapidocr", params={"Cascade.reread_below": 1.01})(image)
+    assert every.words == small.words
+    np.testing.assert_array_equal(every.boxes, small.boxes)
+    tiny = build_ocr_engine("rapidocr", params={"Cascade.reread_below": 0})(image)
+    assert tiny.words != page.words and word_agreement([full], [tiny]).f1 < word_agreement([full], [page]).f1
 
 
 @pytest.mark.slow

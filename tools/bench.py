@@ -29,10 +29,11 @@ run, since these machines are shared and noisy):
          earlier ones; the others stay, each with the date it was measured.
   data   VLDatasetMapper pages/s in one process on the PubLayNet sample pages (OCR
          jsons cached), with text vs image-only, training augmentations of the recipe.
-  ocr    rapidocr pages/s on the PubLayNet sample pages with its full settings and with
-         ditod's default preset "fast", alternating page by page, and the word agreement
-         of the two (F1 of the words matched page by page); the time per stage;
-         tools/ocr.py end to end with 2 workers; the load average around the runs.
+  ocr    rapidocr pages/s on the PubLayNet sample pages with its full settings, ditod's
+         "small" preset and its default "fast" (tiny and small recognition models in
+         cascade), taking turns page by page, and the word agreement of each with full
+         (F1 of the words matched page by page); the time per stage; the share of lines
+         the cascade reread; tools/ocr.py end to end with 2 workers; the load average.
   infer  pages/s of the predictors of the tiny and the base model (random weights), PyTorch
          (ditod.engine.VLPredictor) against ONNX Runtime (ditod.runtime.OnnxPredictor on
          the file of ditod.engine.export.export_onnx), on 4 born-digital PDF pages made
@@ -449,18 +450,19 @@ def load_average():
 
 
 def bench_ocr(args):
-    """rapidocr with its full settings (ditod's old default) and with the default preset
-    "fast", as tools/ocr.py's single worker and on-the-fly OCR run it (one engine, onnxruntime
-    on every core): --repeats rounds over the sample pages, the two presets alternating page by
-    page (the first of each pair alternating too) so that both see the same machine load; the
-    word agreement of fast with full; then tools/ocr.py end to end with the default and 2 workers."""
+    """rapidocr with its full settings (ditod's old default), the "small" preset and the
+    default "fast" preset, as tools/ocr.py's single worker and on-the-fly OCR run it (one
+    engine, onnxruntime on every core): --repeats rounds over the sample pages, the presets
+    taking turns page by page (the order rotating) so that all see the same machine load;
+    each preset's speed-up over full and word agreement with it; then tools/ocr.py end to end
+    with the default and 2 workers."""
     import cv2
 
     from ditod.data.ocr import RAPIDOCR_PRESETS, RapidOCREngine, word_agreement
 
     paths = sorted(args.samples.glob("*.jpg"))
     images = [cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB) for path in paths]
-    presets = ("full", "fast")
+    presets = ("full", "small", "fast")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     engines = {preset: RapidOCREngine(threads=cores, preset=preset) for preset in presets}
     results = {
@@ -471,13 +473,15 @@ def bench_ocr(args):
     for engine in engines.values():  # model loading
         engine(images[0])
         engine.stage_seconds.clear()
+    engines["fast"].cascade.lines = engines["fast"].cascade.reread_lines = 0
     seconds = {preset: [] for preset in presets}
     outputs = {preset: [] for preset in presets}
     for round_ in range(args.repeats):
         for preset in presets:
             seconds[preset].append(0.0)
         for i, image in enumerate(images):
-            for preset in presets if (round_ + i) % 2 == 0 else presets[::-1]:
+            turn = (round_ + i) % len(presets)
+            for preset in presets[turn:] + presets[:turn]:
                 start = time.perf_counter()
                 ocr = engines[preset](image)
                 seconds[preset][-1] += time.perf_counter() - start
@@ -488,21 +492,23 @@ def bench_ocr(args):
     for preset, engine in engines.items():
         total = sum(engine.stage_seconds.values())
         stages = sorted(engine.stage_seconds.items(), key=lambda kv: -kv[1])
+        agreement = word_agreement(outputs["full"], outputs[preset])
         results[preset] = {
             "pages_per_s": len(images) / statistics.median(seconds[preset]),
             "rounds_pages_per_s": [len(images) / s for s in seconds[preset]],
+            "speedup": statistics.median(old / new for old, new in zip(seconds["full"], seconds[preset])),
+            "word_agreement": {
+                "f1": agreement.f1,
+                "recall": agreement.recall,
+                "precision": agreement.precision,
+                "words_full": agreement.reference_words,
+                "words": agreement.candidate_words,
+            },
             "stage_share": {stage: s / total for stage, s in stages},
         }
-    results["speedup"] = statistics.median(old / new for old, new in zip(seconds["full"], seconds["fast"]))
-    agreement = word_agreement(outputs["full"], outputs["fast"])
-    results["word_agreement"] = {
-        "f1": agreement.f1,
-        "recall": agreement.recall,
-        "precision": agreement.precision,
-        "words_full": agreement.reference_words,
-        "words_fast": agreement.candidate_words,
-    }
-    log(f"ocr: speed-up {results['speedup']:.3f}, word agreement (F1) {agreement.f1:.4f}")
+        log(f"ocr {preset}: speed-up {results[preset]['speedup']:.3f}, word agreement (F1) {agreement.f1:.4f}")
+    cascade = engines["fast"].cascade
+    results["fast"]["reread_share"] = cascade.reread_lines / max(cascade.lines, 1)
 
     ocr_tool = load_tool("ocr")
     with tempfile.TemporaryDirectory() as out:
@@ -1069,31 +1075,34 @@ def markdown(report):
             ]
         if "ocr" in sections:
             o = sections["ocr"]
-            agreement = o["word_agreement"]
             rounds = len(o["fast"]["rounds_pages_per_s"])
             lines += [
                 f"### OCR (rapidocr, {o['pages']} PubLayNet pages)",
                 "",
                 f"Command: `python tools/bench.py --sections ocr --device {device} --repeats {rounds}` ({measured(o)})",
                 "",
-                "| settings | pages/s | rounds (pages/s) | time per stage |",
-                "|---|---|---|---|",
+                "| preset | pages/s | rounds (pages/s) | speed-up over full | words (F1 with full) | time per stage |",
+                "|---|---|---|---|---|---|",
             ]
-            for name, r in (("full (rapidocr's own)", o["full"]), ("fast (default)", o["fast"])):
+            for name, label in (("full", "full (rapidocr's own)"), ("small", "small"), ("fast", "fast (default)")):
+                r = o[name]
                 per_round = ", ".join(fmt(v, 3) for v in r["rounds_pages_per_s"])
                 shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["stage_share"].items())
-                lines.append(f"| {name} | {fmt(r['pages_per_s'], 3)} | {per_round} | {shares} |")
+                words = r["word_agreement"]
+                lines.append(
+                    f"| {label} | {fmt(r['pages_per_s'], 3)} | {per_round} | **{r['speedup']:.2f}x** | "
+                    f"**{100 * words['f1']:.2f}%** (recall {100 * words['recall']:.2f}%, precision "
+                    f"{100 * words['precision']:.2f}%) | {shares} |"
+                )
             tool = o["tool_workers_2"]
             shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in tool["stage_share"].items())
             lines += [
                 "",
-                "One engine per setting, onnxruntime on every core (tools/ocr.py's single worker, on-the-fly "
-                f"OCR); the two settings alternate page by page. Speed-up of fast over full, the median of the "
-                f"rounds' ratios: **{o['speedup']:.2f}x**. Word agreement of fast with full: **F1 "
-                f"{100 * agreement['f1']:.2f}%** (recall {100 * agreement['recall']:.2f}%, precision "
-                f"{100 * agreement['precision']:.2f}%, of {agreement['words_full']} and {agreement['words_fast']} "
-                "words): each page's lines split into words at whitespace, matched as multisets page by page, "
-                "summed over the pages.",
+                "One engine per preset, onnxruntime on every core (tools/ocr.py's single worker, on-the-fly "
+                "OCR); the presets take turns page by page. Speed-up: the median of the rounds' ratios of "
+                "times. Words: each page's lines split into words at whitespace, matched as multisets page by "
+                f"page with full's ({o['full']['word_agreement']['words_full']} words), summed over the pages. "
+                f"The fast preset's small model reread {100 * o['fast']['reread_share']:.0f}% of the lines.",
                 "",
                 "Settings over rapidocr's defaults: "
                 + "; ".join(f"{name} `{settings or 'none'}`" for name, settings in o["settings"].items())

@@ -400,7 +400,8 @@ def get_parser():
         "--rapidocr-preset",
         default="fast",
         choices=sorted(RAPIDOCR_PRESETS),
-        help="settings of --engine rapidocr: fast (default) or full (rapidocr's own)",
+        help="settings of --engine rapidocr: fast (default; tiny and small recognition models in cascade), "
+        "small (the small model alone) or full (rapidocr's own)",
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument(

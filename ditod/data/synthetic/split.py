@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from ..ocr import atomic_write, save_ocr
+from ..files import atomic_write
+from ..ocr import save_ocr
 from .fonts import NO_CJK_FONT, find_cjk_font
 from .options import CATEGORIES, CATEGORY_IDS, SyntheticOptions
 from .page import render_page
