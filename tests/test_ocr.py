@@ -230,6 +230,27 @@ def test_paddleocr_engine_without_the_package_says_how_to_get_it():
         build_ocr_engine("paddleocr")
 
 
+def test_on_the_fly_ocr_does_not_retry_an_engine_that_cannot_be_built(monkeypatch):
+    import ditod.data.ocr as ocr_module
+
+    if importlib.util.find_spec("paddleocr") is not None:
+        pytest.skip("paddleocr is installed")
+
+    builds = []
+    build = ocr_module.build_ocr_engine
+
+    def counted(name):
+        builds.append(name)
+        return build(name)
+
+    monkeypatch.setattr(ocr_module, "build_ocr_engine", counted)
+    ocr = ocr_module.OnTheFlyOCR("paddleocr")  # not installed here: its build fails
+    for _ in range(3):
+        with pytest.raises(ImportError, match="pip install paddleocr"):
+            ocr(text_image("Hello"))
+    assert builds == ["paddleocr"]
+
+
 def test_rapidocr_reads_lines_where_they_are_drawn(rapidocr):
     image = np.full((240, 320, 3), 255, np.uint8)
     cv2.putText(image, "Layout 2024", (20, 80), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 2)

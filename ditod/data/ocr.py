@@ -513,15 +513,24 @@ def build_ocr_engine(name: str = "rapidocr", **kwargs) -> OCREngine:
 
 class OnTheFlyOCR:
     """OCR of pages that have none: an engine (a name of `OCR_ENGINES`, or an `OCREngine`),
-    built on the first page that needs it (building one loads its models)."""
+    built on the first page that needs it (building one loads its models, and may fetch
+    them). An engine that cannot be built fails every later page with the same error,
+    without trying again (a missing package or an unreachable model stays so)."""
 
     def __init__(self, engine: str | OCREngine = "rapidocr"):
         self.name = engine if isinstance(engine, str) else type(engine).__name__
         self._engine = None if isinstance(engine, str) else engine
+        self._build_error = None
 
     def __call__(self, image_rgb: np.ndarray) -> PageOCR:
         if self._engine is None:
-            self._engine = build_ocr_engine(self.name)
+            if self._build_error is not None:
+                raise self._build_error.with_traceback(None)
+            try:
+                self._engine = build_ocr_engine(self.name)
+            except Exception as e:
+                self._build_error = e
+                raise
         return self._engine(image_rgb)
 
 
