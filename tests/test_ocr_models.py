@@ -74,6 +74,11 @@ def test_model_files_of_one_release_come_from_one_download(local_index, monkeypa
     model, dictionary = ocr_models.model_files(["fake_rec", "fake_rec_dict"])
     assert (model.read_bytes(), dictionary.read_bytes()) == (MODEL_BYTES, DICT_BYTES)
     assert downloads == ["fakemodels==1.0"]
+    # A file asked for alone brings the other files of its release with it.
+    dictionary.unlink()
+    model.write_bytes(b"damaged")
+    assert ocr_models.model_file("fake_rec").read_bytes() == MODEL_BYTES
+    assert dictionary.read_bytes() == DICT_BYTES and len(downloads) == 2
 
 
 def test_a_damaged_cached_file_is_fetched_again(local_index, monkeypatch):

