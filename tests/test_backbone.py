@@ -6,7 +6,7 @@ from transformers import LayoutLMv3Model
 from detectron2.modeling import build_backbone
 
 from conftest import tiny_cfg
-from ditod.modeling.backbone import LayoutLMv3Backbone
+from ditod.modeling.backbone import LayoutLMv3Backbone, bicubic_resize_separably
 
 
 def twelve_layer_cfg(*overrides):
@@ -124,6 +124,14 @@ def test_position_embeddings_are_interpolated_bicubic_and_cached():
     trained = bottom_up.patch_position_embeddings((20, 30))
     trained.sum().backward()
     assert pos_embed.grad is not None and pos_embed.grad.abs().sum() > 0
+
+
+def test_separable_bicubic_resize_equals_interpolate():
+    maps = torch.randn(1, 48, 14, 14, generator=torch.Generator().manual_seed(0))
+    for size in ((66, 50), (14, 14), (7, 30), (3, 2)):
+        expected = torch.nn.functional.interpolate(maps, size=size, mode="bicubic", align_corners=False)
+        torch.testing.assert_close(bicubic_resize_separably(maps, size), expected, atol=2e-6, rtol=1e-5)
+    assert torch.equal(bicubic_resize_separably(maps, (14, 14)), maps)
 
 
 def test_padding_tokens_do_not_influence_features():

@@ -236,6 +236,87 @@ class TransformerLayers(torch.nn.Module):
         return hidden
 
 
+def test_exported_position_embeddings_are_resized_for_every_grid(tmp_path):
+    import onnxruntime
+
+    from ditod.engine.export import OPSET, torchscript_exporter_quiet
+
+    bottom_up = build_model(tiny_cfg()).backbone.bottom_up
+    stored = tuple(bottom_up.layoutlmv3.patch_embed.patch_shape)
+    with torch.no_grad():
+        bottom_up.layoutlmv3.pos_embed.normal_(generator=torch.Generator().manual_seed(0))
+
+    class PositionEmbeddings(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bottom_up = bottom_up
+
+        def forward(self, grid_like):
+            return self.bottom_up.patch_position_embeddings(grid_like.shape)
+
+    path = tmp_path / "positions.onnx"
+    with torch.no_grad(), torchscript_exporter_quiet():
+        # An eager call first: its cached result must not become a constant of the trace.
+        bottom_up.patch_position_embeddings(stored)
+        # Traced at the stored grid, where eager code skips the resize.
+        torch.onnx.export(
+            PositionEmbeddings(),
+            (torch.zeros(stored),),
+            str(path),
+            input_names=["grid"],
+            dynamic_axes={"grid": {0: "rows", 1: "cols"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for grid in (stored, (20, 30), (9, 5)):
+        (got,) = session.run(None, {"grid": np.zeros(grid, np.float32)})
+        with torch.no_grad():
+            expected = bottom_up.patch_position_embeddings(grid).numpy()
+        # ONNX Runtime's cubic weights differ from PyTorch's in the last bits.
+        np.testing.assert_allclose(got, expected, atol=2e-5, rtol=1e-4)
+
+
+def test_exported_gated_fusion_equals_pytorch(tmp_path):
+    import onnxruntime
+
+    from ditod.engine.export import OPSET, torchscript_exporter_quiet
+    from ditod.modeling.fusion import TEXT_FUSION_REGISTRY
+
+    cfg = tiny_cfg("MODEL.TEXT_FUSION.IMPL", "reference")
+    fusion = TEXT_FUSION_REGISTRY.get("gated")(cfg, 16, 4).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in fusion.parameters():  # gates open and closed in places, as after training
+            p.copy_(torch.randn(p.shape, generator=g))
+
+    def inputs(height, width, tokens):
+        corner = torch.rand(1, tokens, 2, generator=g) * torch.tensor([width * 4.0, height * 4.0])
+        boxes = torch.cat([corner, corner + torch.rand(1, tokens, 2, generator=g) * 20], dim=-1)
+        visual = torch.randn(1, 16, height, width, generator=g)
+        return visual, torch.randn(1, tokens, 16, generator=g), boxes, torch.ones(1, tokens)
+
+    path = tmp_path / "fusion.onnx"
+    names = ["visual", "token_feats", "token_boxes", "mask"]
+    with torch.no_grad(), torchscript_exporter_quiet():
+        torch.onnx.export(
+            fusion,
+            inputs(12, 10, 7),
+            str(path),
+            input_names=names,
+            dynamic_axes={"visual": {2: "h", 3: "w"}, **{n: {1: "tokens"} for n in names[1:]}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for size in ((12, 10, 7), (30, 21, 40)):
+        args = inputs(*size)
+        with torch.no_grad():
+            expected = fusion(*args).numpy()
+        (got,) = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def export_transformer_layers(path):
     """The tiny model's transformer layers (`TransformerLayers`) exported to `path` with fused
     attention, the number of tokens dynamic: (the layers, the attention layers fused)."""

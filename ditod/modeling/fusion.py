@@ -239,6 +239,10 @@ class GatedFusion(TextFusion):
         # Under autocast, autocast picks each op's precision (half for the convs, while a
         # level fed by a LayerNorm stays float32).
         g = self.gate_visual(visual).add_(self.gate_text(text)).sigmoid_()
+        if torch.onnx.is_in_onnx_export():
+            # The exporter writes lerp as both of its formulas and a Where between them:
+            # eight passes over the map where this takes three.
+            return text + g * (visual - text)
         return torch.lerp(text, visual, g.to(visual.dtype))
 
     def forward(self, visual, token_feats, token_boxes, mask):
