@@ -898,16 +898,27 @@ def environment(device):
     return env
 
 
+# The vector extensions that decide which kernels PyTorch and ONNX Runtime run, as
+# /proc/cpuinfo names them (a virtual machine's model name may not tell them).
+CPU_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+
+
 def cpu_model():
-    """The processor's name (speeds and the kernels chosen differ from one CPU to another)."""
+    """The processor's name and its vector extensions among CPU_EXTENSIONS (speeds and the
+    kernels chosen differ from one CPU to another)."""
+    name, flags = None, set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if line.startswith("model name") and name is None:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    extensions = [flag for flag in CPU_EXTENSIONS if flag in flags]
+    return f"{name} ({', '.join(extensions)})" if extensions else name
 
 
 def measured(section):
