@@ -17,6 +17,7 @@ those that have none, which `load_config` reports when a config sets them.
 
 import logging
 import os
+import tempfile
 
 import yaml
 
@@ -137,9 +138,9 @@ def _register_version():
 _register_version()
 
 
-def _notice_old_keys(config_file):
-    """One line per old key name that `config_file` (with its _BASE_ files) uses."""
-    loaded = CN.load_yaml_with_base(config_file, allow_unsafe=True)
+def _notice_old_keys(config_file, loaded):
+    """One line per old key name that `config_file` (`loaded`: its YAML with its _BASE_
+    files) uses."""
     if loaded.get("VERSION", CONFIG_VERSION) >= CONFIG_VERSION:
         return
     for old, new in ConverterV3.renamed_keys():
@@ -148,6 +149,48 @@ def _notice_old_keys(config_file):
             node = node.get(key) if isinstance(node, dict) else None
         if node is not None:
             logger.warning(f"{config_file}: config key {old} is now {new} (upgraded from VERSION {loaded['VERSION']})")
+
+
+def _drop_mapping_model_kwargs(config_file, loaded) -> bool:
+    """
+    Remove MODEL.VIT.MODEL_KWARGS from `loaded` (`config_file`'s YAML with its _BASE_
+    files) where yacs would read it as a mapping: the key is a string and ignored here
+    (IGNORED_KEYS), but configs dumped by ditod before 2026-12-07 hold its old default
+    '{}', and a hand-written one may hold a dict literal; yacs evaluates either into a
+    dict and refuses it for a string key. A non-empty one is reported as ignored, once
+    per process.
+    Returns whether it was removed.
+    """
+    vit = loaded.get("MODEL", {}).get("VIT", {})
+    if not isinstance(vit, dict) or "MODEL_KWARGS" not in vit:
+        return False
+    value = vit["MODEL_KWARGS"]
+    if isinstance(CN._decode_cfg_value(value), str):
+        return False
+    del vit["MODEL_KWARGS"]
+    if value not in ("{}", {}) and ("MODEL.VIT.MODEL_KWARGS", repr(value)) not in _reported_ignored:
+        _reported_ignored.add(("MODEL.VIT.MODEL_KWARGS", repr(value)))
+        logger.warning(
+            f"{config_file}: config key MODEL.VIT.MODEL_KWARGS ({value!r}) is ignored: {IGNORED_KEYS['MODEL.VIT.MODEL_KWARGS']}"
+        )
+    return True
+
+
+def _merge_file(cfg, config_file):
+    """`cfg.merge_from_file(config_file)`, naming old keys, and reading a mapping
+    MODEL.VIT.MODEL_KWARGS as absent (`_drop_mapping_model_kwargs`)."""
+    loaded = CN.load_yaml_with_base(config_file, allow_unsafe=True)
+    _notice_old_keys(config_file, loaded)
+    if not _drop_mapping_model_kwargs(config_file, loaded):
+        cfg.merge_from_file(config_file)
+        return
+    # The file without the key, its bases already merged in, through the same merge (and
+    # version upgrade) as any file.
+    with tempfile.TemporaryDirectory() as scratch:
+        resolved = os.path.join(scratch, os.path.basename(config_file))
+        with open(resolved, "w", encoding="utf-8") as f:
+            yaml.safe_dump(loaded, f)
+        cfg.merge_from_file(resolved)
 
 
 def load_config(config_file, opts=()):
@@ -166,8 +209,7 @@ def load_config(config_file, opts=()):
     if not os.path.isfile(config_file):
         raise ValueError(f"config file {config_file} does not exist")
     try:
-        _notice_old_keys(config_file)
-        cfg.merge_from_file(config_file)
+        _merge_file(cfg, config_file)
     except (AssertionError, KeyError, ValueError, yaml.YAMLError) as e:
         raise ValueError(f"config file {config_file}: {_reason(e)}{_renamed_hint(e)}") from e
     opts = list(opts)

@@ -37,6 +37,36 @@ def test_a_dumped_config_loads_again(tmp_path):
     assert yaml.safe_load(load_config(str(dumped)).dump()) == yaml.safe_load(cfg.dump())
 
 
+def test_a_config_dumped_with_the_old_model_kwargs_loads(tmp_path, caplog):
+    # ditod dumped MODEL.VIT.MODEL_KWARGS as '{}' until 2026-12-07, which yacs reads back
+    # as a dict; the key means nothing here, so the file loads as if it lacked it.
+    cfg = load_config(TINY_TEXT_CONFIG, ["SOLVER.MAX_ITER", "7"])
+    cfg.MODEL.VIT.MODEL_KWARGS = "{}"
+    dumped = tmp_path / "config.yaml"
+    dumped.write_text(cfg.dump())
+    assert "MODEL_KWARGS: '{}'" in dumped.read_text()
+    with caplog.at_level(logging.WARNING, logger="ditod.config"):
+        loaded = load_config(str(dumped))
+    assert loaded.MODEL.VIT.MODEL_KWARGS == "" and loaded.SOLVER.MAX_ITER == 7
+    assert loaded.MODEL.ROI_HEADS.NAME == cfg.MODEL.ROI_HEADS.NAME
+    assert not [r for r in caplog.records if "MODEL_KWARGS" in r.getMessage()]
+
+
+def test_a_dict_model_kwargs_over_a_base_is_reported_as_ignored(tmp_path, caplog):
+    config = tmp_path / "unilm.yaml"
+    config.write_text(f'_BASE_: "{UNILM_CONFIG}"\nMODEL:\n  VIT:\n    MODEL_KWARGS: "{{\'use_abs_pos_emb\': True}}"\n')
+    with caplog.at_level(logging.WARNING, logger="ditod.config"):
+        cfg = load_config(str(config), ["SOLVER.MAX_ITER", "3"])
+        load_config(str(config))
+    assert cfg.MODEL.VIT.MODEL_KWARGS == "" and cfg.SOLVER.MAX_ITER == 3
+    # The base's settings and its upgrade from VERSION 2 still apply.
+    assert yaml.safe_load(cfg.dump()) == yaml.safe_load(load_config(UNILM_CONFIG, ["SOLVER.MAX_ITER", "3"]).dump())
+    (message,) = [r.getMessage() for r in caplog.records if "MODEL_KWARGS" in r.getMessage()]
+    assert message.startswith(
+        f"{config}: config key MODEL.VIT.MODEL_KWARGS (\"{{'use_abs_pos_emb': True}}\") is ignored"
+    )
+
+
 @pytest.mark.parametrize(
     "config_file, opts, message",
     [
